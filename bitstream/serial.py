@@ -151,12 +151,14 @@ class ByteReader:
             raise BitstreamError(f"{self.what}: array of {ndim} dimensions")
         shape = []
         count = 1
+        bound = 1  # product of max(d, 1): a zero dimension must not hide huge ones from the limit
         for _ in range(ndim):
             d = self.varint(max_value=2**40)
             shape.append(d)
             count *= d
-            if count > max_elements:
-                raise BitstreamError(f"{self.what}: array of {count}+ elements exceeds the limit {max_elements}")
+            bound *= max(d, 1)
+            if bound > max_elements:
+                raise BitstreamError(f"{self.what}: array shape {shape} exceeds the limit of {max_elements} elements")
         nbytes = count * dt.itemsize
         if nbytes > self.remaining():
             raise BitstreamError(f"{self.what}: array needs {nbytes} bytes, {self.remaining()} left")
