@@ -1,0 +1,83 @@
+"""Codec name -> codec class: the interface the CLI and the benchmarks call."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+import click
+
+from codec.errors import UserError
+
+# Modules that register built-in codecs when imported. A module listed here that is missing is skipped,
+# so the CLI works while a codec family is being developed.
+BUILTIN_MODULES = (
+    "codec.video.inr_codec",
+    "codec.lossless.pc.codec",
+    "codec.features.codec",
+)
+
+_REGISTRY: dict[str, type["Codec"]] = {}
+_loaded = False
+
+
+class Codec:
+    """One codec: how it encodes inputs to a .ncb file and decodes one back.
+
+    Subclasses set the class attributes and implement encode/decode; `info` adds lines to `ncodec info`.
+    `opts` holds every `ncodec encode`/`decode` option by its parameter name (common and codec-specific).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    kind: ClassVar[str]                       # "video" | "images" | "features"
+    description: ClassVar[str] = ""
+    encode_options: ClassVar[list[click.Option]] = []
+    decode_options: ClassVar[list[click.Option]] = []
+
+    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decode(self, reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def info(self, reader) -> dict[str, Any]:
+        return {}
+
+
+def register(cls: type[Codec]) -> type[Codec]:
+    """Class decorator: make a codec available under `cls.name`."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise RuntimeError(f"codec {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_builtin_codecs() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name is None or not mod.startswith(e.name):
+                raise
+
+
+def names() -> list[str]:
+    load_builtin_codecs()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Codec:
+    load_builtin_codecs()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UserError(f"unknown codec {name!r} (known: {known})")
+    return _REGISTRY[name]()
+
+
+def classes() -> list[type[Codec]]:
+    load_builtin_codecs()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
