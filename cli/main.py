@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import click
@@ -15,6 +16,9 @@ from bitstream.errors import BitstreamError
 from codec.errors import UserError
 
 EXIT_USAGE = 2
+
+# compressai scripts a few functions at import time; torch now warns about that on every run. Not ours to fix.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,6 +183,28 @@ def info(bitstream_file, as_json):
     top += [{"field": k, "value": v if not isinstance(v, bytes) else v.hex()} for k, v in summary["header"].items()]
     print_table(top, ["field", "value"], title=f"{bitstream_file}")
     print_table(summary["sections"], ["name", "bytes", "required", "crc32"], title="sections")
+
+
+@cli.command()
+@click.argument("library")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--frames", type=int, default=None, help="Use only the first N frames of each input.")
+@click.option("--crop", default=None, help="Centre crop HxW.")
+@click.option("--epochs", type=int, default=None, help="Training epochs for the new session.")
+@click.option("--max-time", type=float, default=None, help="Fitting budget in seconds.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def append(library, inputs, **opts):
+    """Add INPUTS to an existing LIBRARY file (PFNR) without refitting what it holds."""
+    from bitstream.container import Reader
+    from codec import registry
+
+    reader = Reader.from_path(library)
+    codec = registry.get(reader.codec)
+    opts["json"] = opts.pop("as_json")
+    summary = codec.append(library, list(inputs), opts)
+    _report(summary, opts["json"], f"ncodec append ({codec.name})")
 
 
 @cli.command(name="eval")

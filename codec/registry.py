@@ -12,6 +12,9 @@ from codec.errors import UserError
 # so the CLI works while a codec family is being developed.
 BUILTIN_MODULES = (
     "codec.video.inr_codec",
+    "codec.video.nervpp",
+    "codec.video.nirvana",
+    "codec.video.pfnr",
     "codec.lossless.pc.codec",
     "codec.features.codec",
 )
@@ -42,6 +45,10 @@ class Codec:
 
     def info(self, reader) -> dict[str, Any]:
         return {}
+
+    def append(self, path: str, inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
+        """Add inputs to an existing file (codecs that hold a library, e.g. PFNR); rewrites it atomically."""
+        raise UserError(f"codec {self.name!r} files cannot be appended to")
 
 
 def register(cls: type[Codec]) -> type[Codec]:
