@@ -40,6 +40,11 @@ def _common_encode_options() -> list[click.Option]:
         click.Option(["--size"], default=None, help="Model size in parameters: 0.35M, 0.75M, 1.5M, 3M or any number."),
         click.Option(["--bpp"], type=float, default=None, help="Target bits per pixel (picks the size whose file lands at or under it)."),
         click.Option(["--resume"], is_flag=True, help="Continue from the checkpoint beside the output."),
+        click.Option(["--workers"], type=int, default=None,
+                     help="Encode on Ray with N parallel tasks (several inputs, or --segment); needs ncodec[distributed]."),
+        click.Option(["--ray-address"], default=None, help="Join this Ray cluster instead of starting a local one."),
+        click.Option(["--segment"], type=int, default=None,
+                     help="Split one video into segments of N frames, fitted in parallel, stored in one file."),
     ]
 
 
@@ -72,9 +77,12 @@ def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
 
     if as_json:
         click.echo(to_json(summary))
-    else:
-        rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))]
-        print_table(rows, ["field", "value"], title=title)
+        return
+    rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))]
+    print_table(rows, ["field", "value"], title=title)
+    for key, value in summary.items():  # per-item tables (clips of a batch, groups, sessions...)
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            print_table(value, title=key)
 
 
 def _check_output_writable(path: str) -> None:
@@ -127,8 +135,21 @@ def _encode_command() -> click.Command:
             raise UserError(f"--epochs must be positive, got {opts['epochs']}")
         if opts.get("bpp") is not None and opts["bpp"] <= 0:
             raise UserError(f"--bpp must be positive, got {opts['bpp']}")
+        for key in ("workers", "segment"):
+            if opts.get(key) is not None and opts[key] <= 0:
+                raise UserError(f"--{key} must be positive, got {opts[key]}")
         opts["json"] = opts.pop("as_json")
-        summary = codec.encode(list(inputs), opts["output"], opts)
+        several = len(inputs) > 1 and not getattr(codec, "takes_many_inputs", False)
+        if opts.get("segment") is not None:
+            if len(inputs) != 1:
+                raise UserError("--segment splits one video: give exactly one input")
+            from codec import distributed
+            summary = distributed.encode_segmented(inputs[0], opts["output"], opts)
+        elif opts.get("workers") is not None or several:
+            from codec import distributed
+            summary = distributed.encode_many(list(inputs), opts["output"], opts)
+        else:
+            summary = codec.encode(list(inputs), opts["output"], opts)
         _report(summary, opts["json"], f"ncodec encode ({codec.name})")
 
     params = [click.Argument(["inputs"], nargs=-1)] + _merge_options(_common_encode_options(), "encode_options")

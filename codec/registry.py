@@ -33,6 +33,7 @@ class Codec:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     kind: ClassVar[str]                       # "video" | "images" | "features"
+    takes_many_inputs: ClassVar[bool] = False  # True: several inputs go into one file (images, a PFNR library)
     description: ClassVar[str] = ""
     encode_options: ClassVar[list[click.Option]] = []
     decode_options: ClassVar[list[click.Option]] = []
