@@ -1,0 +1,153 @@
+"""Rate-distortion of NeRV and HNeRV at several sizes, beside the classical codecs, with BD-rate against x265 medium.
+
+    python -m benchmarks.rd [--clip bunny --crop 640x1280] [--codecs nerv,hnerv] [--sizes 0.35M,0.75M,1.5M,3M]
+        [--epochs 300 | --max-time S] [--device auto] [--out results/rd] [--classical results/classical] [--quick]
+
+Default: the papers' setting (Bunny 640x1280, 132 frames, 300 epochs per size: a GPU job). --quick is a CPU run
+on carphone (first 30 frames, three small sizes, 60 s of fitting each, HNeRV only unless --codecs says otherwise).
+Every point is a whole .ncb file: bpp = file bytes x 8 / pixels, PSNR of the frames the decoder produces.
+Writes CompressAI-style JSON per codec, the x265/x264 curves on the same frames (read from --classical when a
+file for this clip exists, otherwise measured here with x265 medium), an RD plot, and a table of what the
+adaptive per-tensor coding saves against a fixed-length code and against HNeRV's one-table Huffman code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.bdrate import bd_psnr, bd_rate, load_results
+from benchmarks.classical import encode_classical, parse_clip_spec, result_json
+from benchmarks.plot import plot_rd
+from codec import registry
+from codec.device import device_name, pick_device
+from codec.errors import UserError
+from codec.progress import print_table, write_json
+from codec.video.io import read_video
+
+NAMES = {"nerv": "NeRV (ncodec)", "hnerv": "HNeRV (ncodec)"}
+
+
+def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, device, out_dir: Path, label: str,
+              batch_size=None) -> tuple[dict, list[dict]]:
+    rows = []
+    for size in sizes:
+        ncb = out_dir / f"{label}_{codec}_{size}.ncb"
+        opts = {"device": device, "seed": 0, "json": True, "frames": frames, "crop": crop, "epochs": epochs,
+                "max_time": max_time, "size": size, "bpp": None, "resume": False, "batch_size": batch_size}
+        s = registry.get(codec).encode([src], str(ncb), opts)
+        c = s["coding"]
+        rows.append({"codec": codec, "size": size, "params": s["params"], "bytes": s["bytes"], "bpp": s["bpp"],
+                     "psnr": s["psnr"], "ms_ssim": s["ms_ssim"], "fit_seconds": s["fit_seconds"],
+                     "epochs": s["epochs"], "fixed_length_bytes": c["fixed_length_bytes"],
+                     "huffman_one_table_bytes": c["huffman_one_table_bytes"],
+                     "huffman_per_tensor_bytes": c["huffman_per_tensor_bytes"]})
+        print_table(rows[-1:], title=f"{codec} {size}")
+    sched = f"{epochs} epochs" if epochs else f"{max_time:g} s"
+    record = {"name": f"{NAMES[codec]}, {sched}", "description": f"{codec} on {label}, {sched} per size, "
+              f"whole .ncb file bytes, RGB PSNR of the decoded frames", "clip": label,
+              "results": {"size": [r["size"] for r in rows], "params": [r["params"] for r in rows],
+                          "bpp": [r["bpp"] for r in rows], "psnr-rgb": [r["psnr"] for r in rows],
+                          "ms-ssim-rgb": [r["ms_ssim"] for r in rows],
+                          "fit_seconds": [r["fit_seconds"] for r in rows]}}
+    write_json(out_dir / f"{label}_{codec}.json", record)
+    return record, rows
+
+
+def classical_curves(label: str, clip, classical_dir: Path, out_dir: Path, quick: bool) -> list[Path]:
+    """The classical result files for this clip: existing ones, or x265 medium measured now."""
+    found = sorted(classical_dir.glob(f"{label}_*.json")) if classical_dir.is_dir() else []
+    if any("x265_medium" in p.name for p in found):
+        return found
+    crfs = (23, 28, 33, 38) if quick else (18, 23, 28, 33, 38)
+    rows = [encode_classical(clip.frames, clip.fps, "libx265", "medium", crf, ms_ssim=True) for crf in crfs]
+    T, H, W = clip.frames.shape[:3]
+    path = out_dir / f"{label}_x265_medium.json"
+    write_json(path, result_json(label, f"{label} ({T} frames, {W}x{H})", "libx265", "medium", rows))
+    return found + [path]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.rd", description=__doc__.splitlines()[0])
+    ap.add_argument("--clip", default=None, help="bundled name or file (default bunny; carphone with --quick)")
+    ap.add_argument("--crop", default=None, help="centre crop HxW (default 640x1280 for bunny)")
+    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--codecs", default=None, help="default nerv,hnerv (hnerv with --quick)")
+    ap.add_argument("--sizes", default=None, help="default 0.35M,0.75M,1.5M,3M (0.1M,0.15M,0.2M with --quick)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per size (default 300)")
+    ap.add_argument("--max-time", type=float, default=None, help="fit seconds per size instead of epochs")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="results/rd")
+    ap.add_argument("--classical", default="results/classical", help="folder of benchmarks.classical results")
+    ap.add_argument("--quick", action="store_true", help="CPU run: carphone, 30 frames, 3 sizes, 60 s each")
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"rd: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    q = args.quick
+    clip_name = args.clip or ("carphone" if q else "bunny")
+    crop = args.crop or ("640x1280" if clip_name == "bunny" else None)
+    frames = args.frames or (30 if q else None)
+    codecs = (args.codecs or ("hnerv" if q else "nerv,hnerv")).split(",")
+    sizes = (args.sizes or ("0.1M,0.15M,0.2M" if q else "0.35M,0.75M,1.5M,3M")).split(",")
+    epochs, max_time = args.epochs, args.max_time
+    if epochs is None and max_time is None:
+        epochs, max_time = (None, 60.0) if q else (300, None)
+    device = str(pick_device(args.device))
+    label, src, crop_t = parse_clip_spec(clip_name + (f":{crop}" if crop else ""))
+    if frames:
+        label += f"-{frames}f"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"device: {device_name(pick_device(device))}; clip {src} crop {crop} frames {frames or 'all'}")
+
+    records, all_rows = [], []
+    for codec in codecs:
+        rec, rows = run_codec(codec, src, crop, frames, sizes, epochs, max_time, device, out_dir, label,
+                              args.batch_size)
+        records.append(out_dir / f"{label}_{codec}.json")
+        all_rows += rows
+
+    clip = read_video(src, frames=frames, crop=crop_t)
+    anchors = classical_curves(label, clip, Path(args.classical), out_dir, q)
+    plot = plot_rd([*records, *anchors], out_dir / f"{label}_rd.png", title=f"{label}: INR codecs vs classical")
+
+    x265 = next((p for p in anchors if "x265_medium" in p.name), None)
+    bd_rows = []
+    for rec in records:
+        data = load_results(rec)
+        row = {"codec": data["name"], "anchor": "x265 medium"}
+        try:
+            a = load_results(x265)["results"]
+            t = data["results"]
+            row["bd_rate_%"] = bd_rate(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
+            row["bd_psnr_db"] = bd_psnr(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
+        except (UserError, ValueError, TypeError) as e:
+            row["note"] = str(e).splitlines()[0][:100]
+        bd_rows.append(row)
+
+    print_table([{k: r[k] for k in ("codec", "size", "params", "bpp", "psnr", "ms_ssim", "fit_seconds", "epochs")}
+                 for r in all_rows], title=f"{label} on {device_name(pick_device(device))}")
+    print_table(bd_rows, title="BD-rate against x265 medium (negative = fewer bits at equal PSNR)")
+    saving = [{"codec": r["codec"], "size": r["size"], "file_bytes": r["bytes"],
+               "fixed_length_bytes": round(r["fixed_length_bytes"]),
+               "huffman_one_table_bytes": round(r["huffman_one_table_bytes"]),
+               "saving_vs_fixed_%": round(100 * (1 - r["bytes"] / r["fixed_length_bytes"]), 2),
+               "saving_vs_huffman_%": round(100 * (1 - r["bytes"] / r["huffman_one_table_bytes"]), 2)}
+              for r in all_rows]
+    print_table(saving, title="whole file vs the stored symbols at fixed length and under one Huffman table "
+                              "(HNeRV's scheme; its table and side info not counted)")
+    write_json(out_dir / f"{label}_summary.json", {"device": device_name(pick_device(device)), "rows": all_rows,
+                                                   "bd": bd_rows, "coding": saving, "plot": str(plot)})
+    print(f"plot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

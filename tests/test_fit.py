@@ -1,0 +1,99 @@
+"""The shared INR fitting loop: it improves, it stops on time, it resumes, it is reproducible."""
+import math
+
+import pytest
+import torch
+
+from codec.errors import UserError
+from codec.fit import FitConfig, checkpoint_exists, epoch_order, fit, lr_factor
+from codec.video.hnerv import HNeRV, hnerv_config
+from tests.videos import moving_gradients
+
+T, H, W = 4, 32, 48
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return HNeRV(hnerv_config(H, W, T, 60_000))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return moving_gradients(T, H, W)
+
+
+def model_psnr(model, clip):
+    x = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        mse = torch.mean((model(torch.arange(T), x) - x) ** 2).item()
+    return -10 * math.log10(mse)
+
+
+def test_short_fit_improves_psnr(clip):
+    model = tiny_model()
+    before = model_psnr(model, clip)
+    res = fit(model, clip, FitConfig(epochs=15, batch_size=2, lr=3e-3, device="cpu", log_every=5))
+    after = model_psnr(model, clip)
+    assert res.steps == 15 * 2 and res.stopped_by == "epochs"
+    assert after > before + 3, (before, after)
+    assert res.history and res.history[-1]["step"] == res.steps
+
+
+def test_max_time_stops_on_time(clip):
+    res = fit(tiny_model(), clip, FitConfig(epochs=100_000, max_time=0.5, device="cpu"))
+    assert res.stopped_by == "max_time"
+    assert 0 < res.steps < 100_000 * 2
+    assert res.seconds >= 0.5
+
+
+def test_needs_a_budget(clip):
+    with pytest.raises(UserError):
+        fit(tiny_model(), clip, FitConfig(device="cpu"))
+
+
+def test_fit_is_reproducible(clip):
+    states = []
+    for _ in range(2):
+        m = tiny_model(seed=3)
+        fit(m, clip, FitConfig(epochs=2, device="cpu", seed=5))
+        states.append(m.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_resume_continues_a_checkpoint(clip, tmp_path):
+    prefix = str(tmp_path / "run.ckpt")
+    fp = {"what": "tiny"}
+    a = tiny_model(seed=1)
+    fit(a, clip, FitConfig(epochs=2, device="cpu", checkpoint=prefix, fingerprint=fp))
+    assert checkpoint_exists(prefix)
+    # a fresh model (other init) resumed with the same budget does no step and ends as the checkpoint
+    b = tiny_model(seed=2)
+    res = fit(b, clip, FitConfig(epochs=2, device="cpu", checkpoint=prefix, fingerprint=fp, resume=True))
+    assert res.steps == 4
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    # a longer budget continues from step 4
+    res = fit(b, clip, FitConfig(epochs=3, device="cpu", checkpoint=prefix, fingerprint=fp, resume=True))
+    assert res.steps == 6 and not torch.equal(b.state_dict()["decoder.stem.weight"], a.state_dict()["decoder.stem.weight"])
+    # a checkpoint of another run is refused
+    with pytest.raises(UserError, match="another"):
+        fit(tiny_model(), clip, FitConfig(epochs=3, device="cpu", checkpoint=prefix, fingerprint={"x": 1}, resume=True))
+
+
+def test_schedule_and_order():
+    assert lr_factor(0.0, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    order = epoch_order(5, 2, seed=0, epoch=3)
+    assert order.shape == (3, 2) and set(order.flatten().tolist()) == set(range(5))
+    assert torch.equal(order, epoch_order(5, 2, seed=0, epoch=3))
+
+
+def test_cpu_threads_override(monkeypatch):
+    from codec.fit import cpu_threads
+
+    monkeypatch.setenv("NCODEC_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.delenv("NCODEC_THREADS")
+    assert 1 <= cpu_threads() <= torch.get_num_threads()
