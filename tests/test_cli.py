@@ -90,3 +90,72 @@ def test_fresh_process_garbage_gives_exit_2_and_no_traceback(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----- the video codecs through the CLI: bad input is exit 2 and one line -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from codec.video.io import write_video
+    from tests.videos import moving_gradients
+
+    p = tmp_path_factory.mktemp("cli_clip") / "clip.mkv"
+    write_video(p, moving_gradients(4, 32, 48), fps=25)
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_hnerv(tiny_clip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_enc") / "clip.ncb"
+    code = main(["encode", str(tiny_clip), "-o", str(out), "--codec", "hnerv", "--size", "40k", "--epochs", "2",
+                 "--device", "cpu", "--json"])
+    assert code == 0
+    return out
+
+
+def test_encode_decode_through_the_cli(capsys, tiny_hnerv, tmp_path):
+    capsys.readouterr()
+    code, out, err = run(capsys, "decode", str(tiny_hnerv), "-o", str(tmp_path / "dec.mkv"), "--device", "cpu",
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["frames"] == 4
+    code, out, err = run(capsys, "info", str(tiny_hnerv))
+    assert code == 0 and "hnerv" in out
+
+
+@pytest.mark.parametrize("extra", [
+    ["--crop", "64x64"],            # larger than the 32x48 frame
+    ["--crop", "banana"],
+    ["--size", "0"],
+    ["--size", "-3M"],
+    ["--frames", "0"],
+    ["--max-time", "-1"],
+    ["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
+])
+def test_encode_bad_options(capsys, tiny_clip, tmp_path, extra):
+    args = ["encode", str(tiny_clip), "-o", str(tmp_path / "x.ncb"), "--codec", "hnerv", "--epochs", "1", *extra]
+    assert_one_line_error(*run(capsys, *args)[::2])
+    assert not (tmp_path / "x.ncb").exists()
+
+
+def test_encode_unreadable_video(capsys, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01 definitely not a video" * 50)
+    assert_one_line_error(*run(capsys, "encode", str(bad), "-o", str(tmp_path / "x.ncb"), "--codec", "nerv")[::2])
+    assert_one_line_error(*run(capsys, "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.ncb"),
+                               "--codec", "nerv")[::2])
+
+
+def test_decode_corrupted_and_foreign_files(capsys, tiny_hnerv, tmp_path):
+    data = bytearray(tiny_hnerv.read_bytes())
+    data[-20] ^= 0xFF                       # inside the last section's payload: its CRC fails
+    bad = tmp_path / "bad.ncb"
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(*run(capsys, "decode", str(bad), "-o", str(tmp_path / "o.mkv"), "--device", "cpu")[::2])
+    assert not (tmp_path / "o.mkv").exists()
+    foreign = tmp_path / "foreign.ncb"      # a file of another codec named like a video
+    Writer("pc", 1, {"kind": "images", "count": 1, "height": 8, "width": 8, "channels": 1}).write(foreign)
+    assert_one_line_error(*run(capsys, "decode", str(foreign), "-o", str(tmp_path / "o.mkv"))[::2])
+    assert_one_line_error(*run(capsys, "decode", str(tiny_hnerv), "-o", str(tmp_path / "o.mkv"),
+                               "--frames", "3:99")[::2])
