@@ -139,7 +139,10 @@ def _encode_command() -> click.Command:
             if opts.get(key) is not None and opts[key] <= 0:
                 raise UserError(f"--{key} must be positive, got {opts[key]}")
         opts["json"] = opts.pop("as_json")
-        several = len(inputs) > 1 and not getattr(codec, "takes_many_inputs", False)
+        many_in_one = getattr(codec, "takes_many_inputs", False)
+        if many_in_one and opts.get("workers") is not None:
+            raise UserError(f"--workers does not apply to {codec.name}: all inputs go into one file")
+        several = len(inputs) > 1 and not many_in_one
         if opts.get("segment") is not None:
             if len(inputs) != 1:
                 raise UserError("--segment splits one video: give exactly one input")
@@ -204,6 +207,9 @@ def info(bitstream_file, as_json):
     top += [{"field": k, "value": v if not isinstance(v, bytes) else v.hex()} for k, v in summary["header"].items()]
     print_table(top, ["field", "value"], title=f"{bitstream_file}")
     print_table(summary["sections"], ["name", "bytes", "required", "crc32"], title="sections")
+    for key, value in summary.items():  # codec-specific lists: videos of a library, groups, ...
+        if key != "sections" and isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            print_table(value, title=key)
 
 
 @cli.command()
