@@ -55,6 +55,9 @@ def _common_decode_options() -> list[click.Option]:
         click.Option(["--model"], default=None, help="Learned model file the codec needs (pc, student)."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the summary as JSON."),
         click.Option(["--frames"], default=None, help="Decode only frames A:B (from 0, B excluded)."),
+        click.Option(["--workers"], type=int, default=None,
+                     help="Decode the segments of a --segment file in parallel on Ray."),
+        click.Option(["--ray-address"], default=None, help="Join this Ray cluster instead of starting a local one."),
     ]
 
 
@@ -170,7 +173,9 @@ def _decode_command() -> click.Command:
         if opts.get("output"):
             _check_output_writable(opts["output"])
         opts["json"] = opts.pop("as_json")
-        summary = codec.decode(reader, opts.get("output"), opts)
+        if opts.get("workers") is not None and opts["workers"] <= 0:
+            raise UserError(f"--workers must be positive, got {opts['workers']}")
+        summary = registry.decode_file(reader, opts.get("output"), opts)
         _report(summary, opts["json"], f"ncodec decode ({codec.name})")
 
     params = [click.Argument(["bitstream_file"])] + _merge_options(_common_decode_options(), "decode_options")
@@ -198,8 +203,7 @@ def info(bitstream_file, as_json):
         "sections": [{"name": s.name, "bytes": s.length, "required": s.required, "crc32": f"{s.crc32:08x}"}
                      for s in reader.sections],
     }
-    if reader.codec in registry.names():
-        summary.update(registry.get(reader.codec).info(reader))
+    summary.update(registry.file_info(reader))
     if as_json:
         click.echo(to_json(summary))
         return

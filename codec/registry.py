@@ -89,3 +89,20 @@ def get(name: str) -> Codec:
 def classes() -> list[type[Codec]]:
     load_builtin_codecs()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def decode_file(reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+    """Decode any .ncb: a --segment file (each segment a whole file of its codec) or the codec's own layout."""
+    codec = get(reader.codec)
+    if reader.has("segments"):
+        from codec.distributed import decode_segmented
+        return decode_segmented(codec, reader, output, opts)
+    return codec.decode(reader, output, opts)
+
+
+def file_info(reader) -> dict[str, Any]:
+    """What the file's codec can say about it (empty for a codec this installation does not know)."""
+    if reader.has("segments"):
+        from codec.distributed import segmented_info
+        return segmented_info(reader)
+    return get(reader.codec).info(reader) if reader.codec in names() else {}
