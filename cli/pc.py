@@ -1,0 +1,78 @@
+"""`ncodec train pc`: learn an HCLT model file (.pcm) for the pc codec from a set of images."""
+from __future__ import annotations
+
+import click
+
+from codec.errors import UserError
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UserError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+@click.command("pc")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="Model file to write (.pcm).")
+@click.option("--latents", type=int, default=16, show_default=True, help="Hidden states per pixel (M).")
+@click.option("--epochs", type=int, default=25, show_default=True, help="Mini-batch EM epochs.")
+@click.option("--full-epochs", type=int, default=0, show_default=True, help="Full-batch EM passes after them.")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="Mini-batch size.")
+@click.option("--pseudocount", type=float, default=0.1, show_default=True, help="EM smoothing (counts).")
+@click.option("--smooth", "smooth_mass", type=float, default=1.0, show_default=True,
+              help="Leaf prior: pseudo-observations spread like each leaf's counts blurred over nearby values.")
+@click.option("--limit", type=int, default=None, help="Train on the first N images only.")
+@click.option("--balanced/--chow-liu", default=False, show_default=True,
+              help="Balanced (centroid) variable tree of depth O(log D), or the Chow-Liu tree rooted at its centre.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocount, smooth_mass, limit, balanced,
+             device, seed, as_json):
+    """Learn a pc model from IMAGES (PNG folder, .npy N x H x W uint8, MNIST IDX files)."""
+    import math
+    import os
+    import time
+
+    from codec.device import pick_device, seed_everything
+    from codec.lossless.pc import circuit, model_file
+    from codec.lossless.pc.images import read_images
+    from codec.progress import print_table, to_json
+
+    for name, v in (("latents", latents), ("epochs", epochs), ("batch-size", batch_size), ("limit", limit)):
+        _positive(name, v)
+    _positive("full-epochs", full_epochs, allow_zero=True)
+    _positive("pseudocount", pseudocount, allow_zero=True)
+    _positive("smooth", smooth_mass, allow_zero=True)
+    if latents > model_file.MAX_LATENTS:
+        raise UserError(f"--latents must be at most {model_file.MAX_LATENTS}, got {latents}")
+    parent_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent_dir):
+        raise UserError(f"output folder {parent_dir} does not exist")
+    dev = pick_device(device)
+    seed_everything(seed)
+    data = read_images(list(images))
+    pixels = data.pixels[:limit] if limit else data.pixels
+    n, h, w, c = pixels.shape
+    cfg = circuit.TrainConfig(latents=latents, epochs=epochs, full_epochs=full_epochs, batch_size=batch_size,
+                              pseudocount=pseudocount, full_pseudocount=pseudocount, smooth_mass=smooth_mass,
+                              balanced=balanced, seed=seed)
+    t0 = time.perf_counter()
+    model, history = circuit.train(pixels.reshape(n, -1), cfg, dev)
+    seconds = time.perf_counter() - t0
+    train_bpd = circuit.bits_per_dim(model, pixels.reshape(n, -1), device=dev)
+    meta = {"images": n, "latents": latents, "epochs": epochs, "full_epochs": full_epochs,
+            "batch_size": batch_size, "pseudocount": pseudocount, "smooth": smooth_mass, "balanced": balanced,
+            "seed": seed, "train_bits_per_dim": train_bpd}
+    pcm = model_file.from_circuit(model, h, w, c, meta)
+    sha = model_file.save_model(pcm, output)
+    summary = {"output": output, "images": n, "height": h, "width": w, "channels": c, "latents": latents,
+               "tree": "balanced" if balanced else "chow-liu", "tree_depth": model.depth,
+               "epochs": epochs, "full_epochs": full_epochs, "train_bits_per_dim": train_bpd,
+               "bits_per_dim_by_epoch": [-ll / (h * w * c * math.log(2)) for ll in history],
+               "seconds": seconds, "bytes": os.path.getsize(output), "sha256": sha, "device": str(dev)}
+    if as_json:
+        click.echo(to_json(summary))
+    else:
+        rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, list)]
+        print_table(rows, ["field", "value"], title="ncodec train pc")

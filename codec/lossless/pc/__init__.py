@@ -1,0 +1,1 @@
+"""Lossless image codec with probabilistic circuits: HCLT structure, EM, exact conditionals, coding."""

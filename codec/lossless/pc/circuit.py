@@ -1,0 +1,240 @@
+"""The HCLT as a tensorised circuit in PyTorch: exact log-likelihood and EM, on CPU or CUDA.
+
+An HCLT over pixels X_1..X_D has one hidden categorical Z_i (M states) per pixel. The Z's follow the Chow-Liu
+tree (Z_parent -> Z_child), and each Z_i emits its pixel through a 256-way categorical leaf:
+
+    p(x) = sum_z root[z_r] * prod_{i != r} edge_i[z_parent(i), z_i] * prod_i leaf_i[z_i, x_i]
+
+As a circuit: per pixel M input units, per tree node a product of the leaf with the children's sum units, and
+an M-way sum unit per edge. The upward pass here evaluates it level by level (all nodes of one depth at once),
+in log space with a per-message max shift, so nothing under- or overflows.
+
+EM uses the classic identity: the gradient of the total log-likelihood with respect to a log-parameter is that
+parameter's expected count (its "circuit flow"), so one autograd backward gives the E-step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from codec.lossless.pc import hclt
+from codec.progress import progress
+
+NUM_CATS = 256
+
+
+class HCLT(torch.nn.Module):
+    """Parameters are kept normalised, as log-probabilities:
+
+    log_root [M]; log_edge [D, M, M] (row = parent state, node i's row for the root is unused);
+    log_leaf [D, M, 256].
+    """
+
+    def __init__(self, parent: np.ndarray, latents: int, num_cats: int = NUM_CATS):
+        super().__init__()
+        parent = hclt.check_tree(parent)
+        d, m = len(parent), int(latents)
+        self.num_vars, self.latents, self.num_cats = d, m, num_cats
+        self.register_buffer("parent", torch.from_numpy(parent.copy()), persistent=False)
+        self.root = int(np.flatnonzero(parent == -1)[0])
+        self.log_root = torch.nn.Parameter(torch.full((m,), -math.log(m)), requires_grad=False)
+        self.log_edge = torch.nn.Parameter(torch.full((d, m, m), -math.log(m)), requires_grad=False)
+        self.log_leaf = torch.nn.Parameter(torch.full((d, m, num_cats), -math.log(num_cats)), requires_grad=False)
+        # Variables regrouped level by level, deepest first and the root last, so that each level is one
+        # contiguous block (torch.split: views forward, one concatenation backward).
+        depth = hclt.depths(parent)
+        self.depth = int(depth.max())
+        blocks = [np.flatnonzero(depth == lev) for lev in range(self.depth, -1, -1)]
+        perm = np.concatenate(blocks)
+        slot = np.empty(d, dtype=np.int64)
+        slot[perm] = np.arange(d)
+        self._sizes = [len(b) for b in blocks]
+        starts = np.cumsum([0] + self._sizes)
+        # For level j's nodes: their parents' positions inside level j + 1's block.
+        self._parent_pos = [torch.from_numpy(slot[parent[b]] - starts[j + 1]) for j, b in enumerate(blocks[:-1])]
+        self.register_buffer("_perm", torch.from_numpy(perm), persistent=False)
+
+    @property
+    def tree(self) -> np.ndarray:
+        return self.parent.cpu().numpy()
+
+    def log_likelihood(self, x: torch.Tensor, params=None) -> torch.Tensor:
+        """log p(x) in nats for x [B, D] (integers in [0, 256)); returns [B]."""
+        log_root, log_edge, log_leaf = params if params is not None else (self.log_root, self.log_edge,
+                                                                          self.log_leaf)
+        perm = self._perm
+        xp = x.long()[:, perm]
+        b = xp.shape[0]
+        leaf = log_leaf.transpose(1, 2)[perm[None, :], xp]             # [B, D, M]: log leaf_i[z, x_i]
+        leaves = torch.split(leaf, self._sizes, dim=1)
+        edges = torch.split(log_edge[perm[:-1]].exp(), self._sizes[:-1], dim=0)
+        incoming = None
+        for j, parent_pos in enumerate(self._parent_pos):
+            lb = leaves[j] if incoming is None else leaves[j] + incoming     # log p(evidence below | z)
+            shift = lb.max(-1, keepdim=True).values.detach()
+            e = (lb - shift).exp().transpose(0, 1)                          # [n, B, M]
+            msg = torch.bmm(e, edges[j].transpose(1, 2)).transpose(0, 1)    # [B, n, M_parent]
+            msg = msg.clamp_min(torch.finfo(msg.dtype).tiny).log() + shift
+            incoming = torch.zeros(b, self._sizes[j + 1], self.latents, dtype=msg.dtype, device=x.device)
+            incoming = incoming.index_add(1, parent_pos.to(x.device), msg)
+        lb = leaves[-1][:, 0] if incoming is None else leaves[-1][:, 0] + incoming[:, 0]
+        return torch.logsumexp(lb + log_root, dim=-1)
+
+    # ------------------------------------------------------------------ EM
+
+    def expected_counts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """E-step on a batch: expected counts of (root state), (parent state, child state), (state, pixel value)
+        summed over the batch, and the batch's total log-likelihood."""
+        params = [p.detach().clone().requires_grad_(True) for p in (self.log_root, self.log_edge, self.log_leaf)]
+        with torch.enable_grad():
+            ll = self.log_likelihood(x, params).sum()
+            grads = torch.autograd.grad(ll, params, allow_unused=True)   # one pixel: no edges are used
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return grads[0], grads[1], grads[2], float(ll.detach())
+
+    @torch.no_grad()
+    def m_step(self, counts, step: float, pseudocount: float, smooth_mass: float = 0.0,
+               smooth_sigma: float = 2.0) -> None:
+        """theta <- (1 - step) theta + step * theta_new, row by row (stays normalised), where
+        theta_new = (counts + pc/K) / (total + pc) for sums, and for the 256-way leaves also a data-shaped prior:
+        `smooth_mass` pseudo-observations spread like the row's own counts blurred over neighbouring pixel
+        values (a Gaussian of `smooth_sigma` levels). Pixel values are ordinal; a value never seen with a
+        latent state in training should cost about what its neighbours cost, not what a uniform prior gives."""
+        for param, c in zip((self.log_root, self.log_edge, self.log_leaf), counts):
+            k = c.shape[-1]
+            total = c.sum(-1, keepdim=True)
+            num = c + pseudocount / k
+            den = total + pseudocount
+            if param is self.log_leaf and smooth_mass > 0:
+                blurred = c @ _blur_matrix(k, smooth_sigma, c.device, c.dtype)
+                num = num + smooth_mass * blurred / total.clamp_min(1e-12)
+                den = den + smooth_mass * (total > 0)
+            new = num / den
+            if step >= 1.0:
+                param.data.copy_(new.log())
+            else:
+                param.data.copy_(torch.log(param.data.exp().mul_(1.0 - step).add_(new, alpha=step)))
+
+    @torch.no_grad()
+    def init_params(self, x: torch.Tensor, generator: torch.Generator, perturbation: float = 0.4,
+                    pseudocount: float = 1.0) -> None:
+        """Mixture-style start: latent state m of every pixel leans towards the value of one random training
+        image (the same image across pixels, so states are coherent along the tree); edges and root are
+        uniform with a multiplicative perturbation that breaks the symmetry."""
+        d, m, k = self.num_vars, self.latents, self.num_cats
+        x = x.long().cpu()
+        hist = torch.zeros(d, k, dtype=torch.float64)
+        hist.scatter_add_(1, x.T.contiguous(), torch.ones(x.shape[1], x.shape[0], dtype=torch.float64))
+        marginal = (hist + pseudocount / k) / (hist.sum(-1, keepdim=True) + pseudocount)
+        pick = x[torch.randint(0, x.shape[0], (m,), generator=generator)]           # [M, D]
+        values = torch.arange(k, dtype=torch.float64)
+        bump = torch.exp(-0.5 * ((values[None, None, :] - pick.T[:, :, None].double()) / 8.0) ** 2)  # [D, M, K]
+        bump = bump / bump.sum(-1, keepdim=True)
+        leaf = 0.5 * marginal[:, None, :] + 0.5 * bump
+
+        def noisy(shape):
+            return 1.0 - perturbation / 2 + perturbation * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+        edge = noisy((d, m, m))
+        root = noisy((m,))
+        for param, v in ((self.log_root, root), (self.log_edge, edge), (self.log_leaf, leaf)):
+            v = v / v.sum(-1, keepdim=True)
+            param.data.copy_(v.log().to(param.dtype))
+
+
+_BLUR: dict = {}
+
+
+def _blur_matrix(k: int, sigma: float, device, dtype) -> torch.Tensor:
+    """[K, K]: row j spreads one count at value j over its neighbours (Gaussian, each row sums to 1)."""
+    key = (k, sigma, str(device), dtype)
+    if key not in _BLUR:
+        v = torch.arange(k, dtype=torch.float64)
+        w = torch.exp(-0.5 * ((v[None, :] - v[:, None]) / sigma) ** 2)
+        _BLUR[key] = (w / w.sum(1, keepdim=True)).to(device=device, dtype=dtype)
+    return _BLUR[key]
+
+
+@dataclass
+class TrainConfig:
+    latents: int = 16
+    epochs: int = 25                 # mini-batch EM epochs
+    full_epochs: int = 0             # full-batch EM passes after them (they overfit 10k MNIST images: off)
+    batch_size: int = 512
+    step_start: float = 0.8          # damped step (1 - "param inertia"), decays linearly to step_end
+    step_end: float = 0.05
+    pseudocount: float = 0.1
+    full_pseudocount: float = 0.1
+    full_step: float = 1.0           # damped full-batch step (1.0: plain EM)
+    smooth_mass: float = 1.0         # leaf prior: pseudo-observations shaped like the blurred counts
+    smooth_sigma: float = 2.0
+    balanced: bool = False
+    seed: int = 0
+
+
+def train(images: np.ndarray, cfg: TrainConfig, device: torch.device, log=None) -> tuple[HCLT, list[float]]:
+    """Structure from the images, then mini-batch EM with a decaying damped step, then full-batch EM.
+
+    images: [N, D] uint8. Returns the model (on the CPU) and the mean training log-likelihood (nats per image)
+    measured during each epoch (before that epoch's last update).
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).long()
+    # The Chow-Liu tree from at most 5000 images, as the official recipe (its MI is O(N D^2 levels^2)).
+    sub = x_all[torch.randperm(len(x_all), generator=g)[:5000]].numpy()
+    parent = hclt.learn_structure(sub, balanced=cfg.balanced)
+    model = HCLT(parent, cfg.latents)
+    model.init_params(x_all, g)
+    model.to(device)
+    x_dev = x_all.to(device)
+    n = len(x_all)
+    history = []
+    total_epochs = cfg.epochs + cfg.full_epochs
+    bar = progress(total=total_epochs, desc="EM", unit="epoch")
+    for epoch in range(cfg.epochs):
+        frac = epoch / max(1, cfg.epochs - 1)
+        step = cfg.step_start + (cfg.step_end - cfg.step_start) * frac
+        perm = torch.randperm(n, generator=g).to(device)
+        ll_sum = 0.0
+        for s in range(0, n, cfg.batch_size):
+            batch = x_dev[perm[s:s + cfg.batch_size]]
+            *counts, ll = model.expected_counts(batch)
+            ll_sum += ll
+            model.m_step(counts, step, cfg.pseudocount, cfg.smooth_mass, cfg.smooth_sigma)
+        history.append(ll_sum / n)
+        bar.update(1)
+        bar.set_postfix(bpd=f"{-history[-1] / model.num_vars / math.log(2):.4f}")
+        if log:
+            log(epoch, history[-1])
+    for epoch in range(cfg.full_epochs):
+        totals = None
+        ll_sum = 0.0
+        for s in range(0, n, cfg.batch_size):
+            *counts, ll = model.expected_counts(x_dev[s:s + cfg.batch_size])
+            ll_sum += ll
+            totals = counts if totals is None else [a + b for a, b in zip(totals, counts)]
+        model.m_step(totals, cfg.full_step, cfg.full_pseudocount, cfg.smooth_mass, cfg.smooth_sigma)
+        history.append(ll_sum / n)
+        bar.update(1)
+        bar.set_postfix(bpd=f"{-history[-1] / model.num_vars / math.log(2):.4f}")
+        if log:
+            log(cfg.epochs + epoch, history[-1])
+    bar.close()
+    return model.cpu(), history
+
+
+@torch.no_grad()
+def bits_per_dim(model: HCLT, images: np.ndarray, batch_size: int = 1000, device=None) -> float:
+    """The model's ideal code length, -log2 p(x) per pixel, averaged over images [N, D] (float64 pass)."""
+    device = device or torch.device("cpu")
+    m64 = HCLT(model.tree, model.latents, model.num_cats)
+    m64.load_state_dict(model.state_dict())
+    m64 = m64.double().to(device)
+    total = 0.0
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device)
+        total += float(m64.log_likelihood(x).sum())
+    return -total / (len(images) * model.num_vars * math.log(2))

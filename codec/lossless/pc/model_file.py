@@ -1,0 +1,148 @@
+"""The .pcm model file: a safetensors file (no pickle, nothing executed on load) with the HCLT's tree and its
+probabilities, plus metadata (image shape, latents, how it was trained). A file is named by the sha256 of its
+bytes; the .ncb files coded with it carry that hash.
+
+Probabilities are stored as float32 probabilities (not logs): the coder turns them into integers with
+exact arithmetic only (see coding.quantize_params), so no transcendental function that could differ between
+machines sits between the file and the coded bits.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bitstream.atomic import write_atomic
+from codec.errors import UserError
+from codec.lossless.pc import hclt
+from codec.lossless.pc.circuit import HCLT
+
+FORMAT = "ncodec-pc-hclt"
+VERSION = 1
+MAX_FILE_BYTES = 2**32
+MAX_LATENTS = 4096
+MAX_VARS = 2**20
+
+
+@dataclass
+class PCModel:
+    """A loaded model: tree, probabilities (float32) and the image shape it codes."""
+    parent: np.ndarray            # [D] int64, -1 at the root
+    root: np.ndarray              # [M]
+    edge: np.ndarray              # [D, M, M], row = parent state
+    leaf: np.ndarray              # [D, M, 256]
+    height: int
+    width: int
+    channels: int
+    sha256: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def latents(self) -> int:
+        return self.root.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.channels
+
+    def circuit(self) -> HCLT:
+        """The float model (for likelihoods and further training)."""
+        m = HCLT(self.parent, self.latents, self.leaf.shape[2])
+        with torch.no_grad():
+            for param, p in ((m.log_root, self.root), (m.log_edge, self.edge), (m.log_leaf, self.leaf)):
+                t = torch.from_numpy(p.astype(np.float64))
+                param.copy_((t / t.sum(-1, keepdim=True)).clamp_min(1e-30).log().float())
+        return m
+
+
+def probabilities(model: HCLT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The circuit's normalised parameters as float32 probabilities (what a model file stores)."""
+    out = []
+    with torch.no_grad():
+        for p in (model.log_root, model.log_edge, model.log_leaf):
+            q = p.detach().double().cpu().exp()
+            out.append((q / q.sum(-1, keepdim=True)).float().numpy())
+    return out[0], out[1], out[2]
+
+
+def from_circuit(model: HCLT, height: int, width: int, channels: int, meta: dict | None = None) -> PCModel:
+    root, edge, leaf = probabilities(model)
+    return PCModel(model.tree.astype(np.int64), root, edge, leaf, int(height), int(width), int(channels),
+                   meta=dict(meta or {}))
+
+
+def to_bytes(m: PCModel) -> bytes:
+    from safetensors.numpy import save
+
+    meta = {"format": FORMAT, "version": str(VERSION), "height": str(m.height), "width": str(m.width),
+            "channels": str(m.channels), "latents": str(m.latents), "info": json.dumps(m.meta, sort_keys=True)}
+    tensors = {"parent": np.ascontiguousarray(m.parent, dtype=np.int64),
+               "root": np.ascontiguousarray(m.root, dtype=np.float32),
+               "edge": np.ascontiguousarray(m.edge, dtype=np.float32),
+               "leaf": np.ascontiguousarray(m.leaf, dtype=np.float32)}
+    return save(tensors, metadata=meta)
+
+
+def save_model(m: PCModel, path: str | os.PathLike) -> str:
+    """Write atomically; returns (and sets) the file's sha256."""
+    data = to_bytes(m)
+    write_atomic(path, data)
+    m.sha256 = hashlib.sha256(data).hexdigest()
+    return m.sha256
+
+
+def from_bytes(data: bytes, what: str = "model") -> PCModel:
+    """Parse and validate a model file's bytes; anything wrong is a one-line UserError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    bad = f"{what} is not an ncodec pc model file"
+    try:
+        tensors = load(bytes(data))
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(bytes(data[8:8 + header_len])).get("__metadata__") or {}
+    except (SafetensorError, ValueError, AttributeError) as e:   # malformed framing, header JSON or metadata
+        raise UserError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{bad} (format tag {meta.get('format')!r})")
+    if meta.get("version") != str(VERSION):
+        raise UserError(f"{what}: pc model version {meta.get('version')!r} is not supported "
+                        f"(this build reads {VERSION})")
+    try:
+        h, w, c = (int(meta[k]) for k in ("height", "width", "channels"))
+        info = json.loads(meta.get("info", "{}"))
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{bad} (metadata incomplete)") from None
+    need = {"parent": np.int64, "root": np.float32, "edge": np.float32, "leaf": np.float32}
+    for name, dt in need.items():
+        if name not in tensors or tensors[name].dtype != dt:
+            raise UserError(f"{bad} (tensor {name!r} missing or not {np.dtype(dt).name})")
+    parent, root, edge, leaf = (tensors[k] for k in ("parent", "root", "edge", "leaf"))
+    d = parent.shape[0] if parent.ndim == 1 else -1
+    m = root.shape[0] if root.ndim == 1 else -1
+    if not (1 <= d <= MAX_VARS and 1 <= m <= MAX_LATENTS and edge.shape == (d, m, m)
+            and leaf.ndim == 3 and leaf.shape[:2] == (d, m) and leaf.shape[2] == 256):
+        raise UserError(f"{bad} (tensor shapes do not fit together)")
+    if min(h, w, c) < 1 or h * w * c != d:
+        raise UserError(f"{bad} (image shape {h}x{w}x{c} does not match its {d} variables)")
+    for name, p in (("root", root), ("edge", edge), ("leaf", leaf)):
+        if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+            raise UserError(f"{bad} (tensor {name!r} holds values that are not probabilities)")
+    hclt.check_tree(parent)
+    return PCModel(parent, root, edge, leaf, h, w, c, hashlib.sha256(bytes(data)).hexdigest(), info)
+
+
+def load_model(path: str | os.PathLike) -> PCModel:
+    if path is None:
+        raise UserError("the pc codec needs --model MODEL.pcm (train one with `ncodec train pc`)")
+    if not os.path.isfile(path):
+        raise UserError(f"model file {path} does not exist")
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise UserError(f"model file {path} is larger than 4 GiB: not a pc model")
+    with open(path, "rb") as f:
+        data = f.read()
+    return from_bytes(data, what=f"model file {path}")

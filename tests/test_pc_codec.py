@@ -1,0 +1,155 @@
+"""The pc codec end to end: `ncodec train pc`, encode, decode, model files, image inputs, and bad input."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bitstream.container import Reader
+from bitstream.errors import BitstreamError
+from cli.pc import train_pc
+from codec.errors import UserError
+from codec.lossless.pc import model_file
+from codec.lossless.pc.codec import PCCodec
+from codec.lossless.pc.images import read_images, write_images
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    d = tmp_path_factory.mktemp("pc")
+    x = load_digits().images.astype(np.uint8)
+    np.save(d / "train.npy", x[:800])
+    test = np.concatenate([x[800:860], np.zeros((1, 8, 8), np.uint8), np.full((1, 8, 8), 255, np.uint8)])
+    np.save(d / "test.npy", test)
+    res = CliRunner().invoke(train_pc, [str(d / "train.npy"), "-o", str(d / "m.pcm"), "--latents", "4",
+                                        "--epochs", "2", "--full-epochs", "1", "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["latents"] == 4 and len(summary["sha256"]) == 64
+    return d, test
+
+
+def _opts(model, **kw):
+    return {"model": str(model), "device": "cpu", "pc_batch": 25, **kw}
+
+
+def test_train_encode_decode_npy_round_trip(work):
+    d, test = work
+    s = PCCodec().encode([str(d / "test.npy")], str(d / "t.ncb"), _opts(d / "m.pcm"))
+    assert s["images"] == len(test) and 0 < s["bits_per_dim"] < 8
+    assert s["ideal_bits_per_dim"] <= s["payload_bits_per_dim"] <= s["bits_per_dim"]
+    reader = Reader.from_path(d / "t.ncb")
+    assert reader.codec == "pc" and reader.header["kind"] == "images"
+    assert reader.header["model_sha256"].hex() == model_file.load_model(d / "m.pcm").sha256
+    PCCodec().decode(reader, str(d / "out.npy"), _opts(d / "m.pcm"))
+    out = np.load(d / "out.npy")
+    assert out.shape == test.shape and out.dtype == np.uint8 and np.array_equal(out, test)
+
+
+def test_png_folder_and_idx_inputs(work):
+    d, test = work
+    folder = d / "pngs"
+    folder.mkdir()
+    for i, a in enumerate(test[:5]):
+        Image.fromarray(a).save(folder / f"img_{i}.png")
+    PCCodec().encode([str(folder)], str(d / "p.ncb"), _opts(d / "m.pcm"))
+    PCCodec().decode(Reader.from_path(d / "p.ncb"), str(d / "back"), _opts(d / "m.pcm"))
+    assert sorted(os.listdir(d / "back")) == [f"img_{i}.png" for i in range(5)]
+    for i in range(5):
+        assert np.array_equal(np.asarray(Image.open(d / "back" / f"img_{i}.png")), test[i])
+    idx = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in test.shape) + test.tobytes()
+    (d / "t-idx3-ubyte.gz").write_bytes(gzip.compress(idx))
+    (d / "t-idx3-ubyte").write_bytes(idx)
+    assert np.array_equal(read_images([str(d / "t-idx3-ubyte.gz")]).pixels[..., 0], test)
+    assert np.array_equal(read_images([str(d / "t-idx3-ubyte")]).pixels[..., 0], test)
+
+
+def test_write_images_rgb_folder(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    write_images(str(tmp_path / "o"), rgb)
+    assert np.array_equal(read_images([str(tmp_path / "o")]).pixels, rgb)
+
+
+def test_wrong_image_shape_is_refused(work, tmp_path):
+    d, _ = work
+    np.save(tmp_path / "big.npy", np.zeros((2, 9, 8), np.uint8))
+    with pytest.raises(UserError, match="model codes 8x8x1"):
+        PCCodec().encode([str(tmp_path / "big.npy")], str(tmp_path / "o.ncb"), _opts(d / "m.pcm"))
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(UserError, match="8x8x3"):
+        PCCodec().encode([str(tmp_path / "rgb.npy")], str(tmp_path / "o.ncb"), _opts(d / "m.pcm"))
+    np.save(tmp_path / "f.npy", np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(UserError, match="uint8"):
+        read_images([str(tmp_path / "f.npy")])
+
+
+def test_bad_model_files_are_refused(work, tmp_path):
+    d, _ = work
+    (tmp_path / "junk.pcm").write_bytes(b"this is not a model at all")
+    with pytest.raises(UserError, match="not an ncodec pc model"):
+        model_file.load_model(tmp_path / "junk.pcm")
+    from safetensors.numpy import save
+    (tmp_path / "other.pcm").write_bytes(save({"w": np.zeros(3, np.float32)}, metadata={"format": "x"}))
+    with pytest.raises(UserError, match="not an ncodec pc model"):
+        model_file.load_model(tmp_path / "other.pcm")
+    with pytest.raises(UserError, match="needs --model"):
+        PCCodec().encode([str(d / "test.npy")], str(tmp_path / "o.ncb"), {"model": None, "device": "cpu"})
+    good = model_file.load_model(d / "m.pcm")
+    good.parent = good.parent.copy()
+    good.parent[good.parent == -1] = 0 if good.parent[0] != -1 else 1  # a cycle, no root
+    (tmp_path / "cyc.pcm").write_bytes(model_file.to_bytes(good))
+    with pytest.raises(UserError):
+        model_file.load_model(tmp_path / "cyc.pcm")
+
+
+def test_decoding_with_another_model_is_refused(work, tmp_path):
+    d, _ = work
+    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    other = model_file.load_model(d / "m.pcm")
+    other.meta = {"note": "same numbers, other file"}
+    model_file.save_model(other, tmp_path / "other.pcm")
+    with pytest.raises(UserError, match="not the model this file was coded with"):
+        PCCodec().decode(Reader.from_path(tmp_path / "t.ncb"), str(tmp_path / "o.npy"), _opts(tmp_path / "other.pcm"))
+
+
+def test_damaged_payload_is_a_bitstream_error(work, tmp_path):
+    d, _ = work
+    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    raw = bytearray((tmp_path / "t.ncb").read_bytes())
+    raw[-3] ^= 0xFF
+    (tmp_path / "bad.ncb").write_bytes(bytes(raw))
+    with pytest.raises(BitstreamError):
+        PCCodec().decode(Reader.from_path(tmp_path / "bad.ncb"), str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_cli_errors_are_one_line_exit_2(work, tmp_path, capsys):
+    from cli.main import main
+
+    d, _ = work
+    np.save(tmp_path / "big.npy", np.zeros((2, 9, 8), np.uint8))
+    rc = main(["encode", str(tmp_path / "big.npy"), "-o", str(tmp_path / "o.ncb"), "--codec", "pc",
+               "--model", str(d / "m.pcm"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "model codes" in err
+    rc = main(["train", "pc", str(d / "test.npy"), "-o", str(tmp_path / "m.pcm"), "--latents", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--latents" in err
+
+
+def test_header_claiming_more_images_than_the_payload_holds(work, tmp_path):
+    from bitstream.container import Writer
+
+    d, _ = work
+    sha = bytes.fromhex(model_file.load_model(d / "m.pcm").sha256)
+    w = Writer("pc", 1, {"kind": "images", "count": 10**7, "height": 8, "width": 8, "channels": 1,
+                         "model_sha256": sha, "batch": 2000, "squeeze": 1})
+    w.add_section("pixels", b"\x00" * 8)
+    w.write(tmp_path / "huge.ncb")
+    with pytest.raises(BitstreamError, match="cannot hold"):
+        PCCodec().decode(Reader.from_path(tmp_path / "huge.ncb"), str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
