@@ -1,0 +1,310 @@
+"""`ncodec train teacher|student` and `ncodec split serve|send|demo`: the Entropic Student's commands.
+
+Heavy imports (torch, compressai) happen inside the commands so that `ncodec --help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from codec.errors import UserError
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UserError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+def _check_output(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"output folder {parent} does not exist")
+
+
+def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    from codec.progress import print_table, to_json
+
+    if as_json:
+        click.echo(to_json(summary))
+    else:
+        rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))]
+        print_table(rows, ["field", "value"], title=title)
+
+
+_data_arg = click.argument("data", default="digits", required=False)
+_common = [
+    click.option("--limit", type=int, default=None, help="Train on at most N images (class-balanced)."),
+    click.option("--batch-size", type=int, default=None, help="Mini-batch size."),
+    click.option("--max-time", type=float, default=None, help="Seconds per training stage (ends after that epoch)."),
+    click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt, written after every epoch."),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+]
+
+
+def _with_common(f):
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+@click.command("teacher")
+@_data_arg
+@click.option("-o", "--output", required=True, help="Teacher model file to write (.safetensors).")
+@click.option("--arch", type=click.Choice(["digits", "resnet20", "resnet56"]), default=None,
+              help="Architecture (default: digits for images of 16 px or less, else resnet20).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 30).")
+@click.option("--lr", type=float, default=0.1, show_default=True, help="SGD learning rate (cosine decay).")
+@_with_common
+def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, device, seed, resume, as_json):
+    """Train a teacher classifier on DATA: 'digits' (default), a .tar.gz of class folders, or an image folder."""
+    from codec.features.data import load_dataset
+    from codec.features.train import Schedule, train_teacher as run
+
+    for name, v in (("epochs", epochs), ("limit", limit), ("batch-size", batch_size), ("max-time", max_time),
+                    ("lr", lr)):
+        _positive(name, v)
+    _check_output(output)
+    ds = load_dataset(data, limit=limit)
+    schedule = Schedule(epochs=epochs or 30, batch_size=batch_size or 128, lr=lr, max_time=max_time)
+    summary = run(ds, output, arch=arch, schedule=schedule, device=device, seed=seed, resume=resume)
+    _report(summary, as_json, "ncodec train teacher")
+
+
+@click.command("student")
+@_data_arg
+@click.option("--teacher", "teacher_path", required=True,
+              help="Teacher: a file from `ncodec train teacher`, or pretrained CIFAR ResNet weights (.th).")
+@click.option("--beta", type=float, default=1.0, show_default=True,
+              help="Rate weight: larger -> fewer bytes per image, lower accuracy.")
+@click.option("-o", "--output", required=True, help="Student model file to write (.safetensors).")
+@click.option("--epochs", type=int, default=None, help="Stage-1 epochs (distillation + rate).")
+@click.option("--epochs2", type=int, default=None, help="Stage-2 epochs (fine-tuning decoder and tail).")
+@click.option("--lr", type=float, default=None, help="Stage-1 Adam learning rate.")
+@click.option("--lr2", type=float, default=None, help="Stage-2 SGD learning rate.")
+@click.option("--split", type=click.Choice(["layer1", "layer2"]), default="layer1", show_default=True,
+              help="The teacher stages up to and including this one are replaced by the bottleneck.")
+@click.option("--latent-channels", type=int, default=None, help="Channels of the coded latent.")
+@click.option("--encoder-channels", type=int, default=None, help="Width of the device-side encoder.")
+@click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
+@click.option("--encoder-stride", type=int, default=None, help="Latent size = image size / stride (1-16).")
+@click.option("--distill", type=click.Choice(["all", "head"]), default="all", show_default=True,
+              help="Stage 1 matches every teacher stage from the split on (all, the paper) or only the split "
+                   "feature (head: ~3x cheaper).")
+@_with_common
+def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
+                  encoder_channels, decoder_channels, encoder_stride, distill, limit, batch_size, max_time, device, seed,
+                  resume, as_json):
+    """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
+    from dataclasses import replace
+
+    from codec.features.data import load_dataset
+    from codec.features.train import (default_schedules, default_student_options, load_teacher_for_training,
+                                      train_student as run)
+
+    for name, v in (("epochs", epochs), ("epochs2", epochs2), ("lr", lr), ("lr2", lr2), ("limit", limit),
+                    ("batch-size", batch_size), ("max-time", max_time), ("latent-channels", latent_channels),
+                    ("encoder-channels", encoder_channels), ("decoder-channels", decoder_channels)):
+        _positive(name, v)
+    _positive("beta", beta, allow_zero=True)
+    _check_output(output)
+    teacher = load_teacher_for_training(teacher_path)
+    ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))
+    size = int(teacher.config["image_size"])
+    s1, s2 = default_schedules(size)
+    s1 = replace(s1, epochs=epochs or s1.epochs, lr=lr or s1.lr, batch_size=batch_size or s1.batch_size,
+                 max_time=max_time)
+    s2 = replace(s2, epochs=epochs2 if epochs2 is not None else s2.epochs, lr=lr2 or s2.lr,
+                 batch_size=batch_size or s2.batch_size, max_time=max_time)
+    options = default_student_options(size)
+    options.update({k: v for k, v in (("split", split), ("latent_channels", latent_channels),
+                                      ("encoder_channels", encoder_channels), ("decoder_channels", decoder_channels),
+                                      ("encoder_stride", encoder_stride)) if v is not None})
+    summary = run(ds, teacher, output, beta=beta, stage1=s1, stage2=s2, student_options=options, device=device,
+                  seed=seed, resume=resume, teacher_source=teacher_path, distill=distill)
+    _report(summary, as_json, "ncodec train student")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# split computing
+
+
+@click.group("split")
+def split():
+    """Split computing: the device encodes, the server decodes and classifies, over TCP."""
+
+
+@split.command("serve")
+@click.option("--model", required=True, help="Student model file.")
+@click.option("--port", type=int, required=True, help="TCP port (0: any free port, printed).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--device", default="auto", show_default=True, help="Device for the decoder and tail.")
+@click.option("--max-frame", type=int, default=1 << 20, show_default=True, help="Largest frame accepted (bytes).")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds a client may stall inside a frame before it is dropped.")
+def serve(model, port, host, device, max_frame, timeout):
+    """Run the server half: entropy decoding, the student's decoder and tail (Ctrl-C stops)."""
+    from codec.features.codec import open_student
+    from codec.features.split import SplitServer
+
+    _check_port(port)
+    _positive("max-frame", max_frame)
+    _positive("timeout", timeout)
+    student, model_id, dev = open_student(model, device)
+    server = SplitServer(student, model_id, dev, host=host, port=port, max_frame=max_frame, timeout=timeout,
+                         log=lambda msg: click.echo(f"ncodec split serve: {msg}", err=True))
+    click.echo(f"ncodec split serve: student {model_id} ({'x'.join(map(str, student.latent_shape))} latent) "
+               f"on {server.host}:{server.port} ({dev}); Ctrl-C stops", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        click.echo(f"ncodec split serve: served {server.stats.images} images on {server.stats.connections} "
+                   f"connections, {server.stats.errors} refused", err=True)
+
+
+@split.command("send")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", required=True, help="Student model file (the same as the server's).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, required=True)
+@click.option("--device", default="auto", show_default=True, help="Device for the encoder.")
+@click.option("--every", type=int, default=None, help="Print a table row every N images (default: ~20 rows).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
+def send(images, model, host, port, device, every, as_json):
+    """Run the device half on IMAGES (files or folders): encode, send each latent, print the server's classes."""
+    from codec.features.codec import open_student
+    from codec.features.data import expand_inputs, label_from_path, load_images
+    from codec.features.split import SplitClient, run_session
+
+    _check_port(port, allow_zero=False)
+    _positive("every", every)
+    student, model_id, dev = open_student(model, device)
+    paths = expand_inputs(list(images))
+    c, h, w = student.image_shape
+    pixels = load_images(paths, c, (h, w))
+    labels = [label_from_path(p, student.classes) for p in paths]
+    with SplitClient(student, model_id, dev, host, port) as client:
+        session = run_session(client, pixels, labels, live=not as_json, every=every)
+    summary = {"server": f"{host}:{port}", "model_id": model_id, **_session_summary(session)}
+    _report(summary, as_json, "ncodec split send")
+
+
+@split.command("demo")
+@click.option("--out", "out_dir", default="out/split_demo", show_default=True,
+              help="Folder for the cached teacher/student and the demo images.")
+@click.option("--images", "count", type=int, default=60, show_default=True, help="Held-out digits to send.")
+@click.option("--beta", type=float, default=0.5, show_default=True, help="Rate weight of the demo student.")
+@click.option("--port", type=int, default=0, show_default=True, help="Server port (0: any free port).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train the teacher and student again even if cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
+def demo(out_dir, count, beta, port, device, retrain, as_json):
+    """Train (or reuse) a digits teacher and student, start a server on localhost and send held-out digits."""
+    _positive("images", count)
+    _check_port(port)
+    from codec.device import pick_device
+    from codec.features.train import cpu_threads, threads_for
+
+    with cpu_threads(threads_for(pick_device(device), 8)):      # digits: tiny per-image work, one thread is fastest
+        summary = run_demo(out_dir, count, beta, port, device, retrain, as_json)
+    _report(summary, as_json, "ncodec split demo")
+
+
+def _check_port(port: int, allow_zero: bool = True) -> None:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise UserError(f"--port must be in {'0' if allow_zero else '1'}..65535, got {port}")
+
+
+def _session_summary(session) -> dict[str, Any]:
+    row = session.row()
+    return {"images": row["sent"], "labelled": session.labelled, "accuracy": row["accuracy"],
+            "bytes_per_image": row["bytes/image"], "wire_bytes_per_image": row["wire bytes/image"],
+            "encode_ms": row["encode ms"], "round_trip_ms": row["round trip ms"], "server_ms": row["server ms"]}
+
+
+def run_demo(out_dir: str, count: int, beta: float, port: int, device: str, retrain: bool,
+             as_json: bool) -> dict[str, Any]:
+    """Everything `ncodec split demo` does; the server runs in a thread of this process on a real socket."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from codec.device import pick_device
+    from codec.features import model_file
+    from codec.features.codec import open_student
+    from codec.features.data import load_dataset, split_holdout
+    from codec.features.split import SplitClient, SplitServer, run_session
+    from codec.features.train import (HOLDOUT, Schedule, accuracy, default_schedules, default_student_options,
+                                      train_student, train_teacher)
+
+    os.makedirs(out_dir, exist_ok=True)
+    teacher_path = os.path.join(out_dir, "teacher.safetensors")
+    student_path = os.path.join(out_dir, f"student_beta{beta:g}.safetensors")
+    say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    ds = load_dataset("digits")
+    if retrain or not _loads(model_file.load_teacher, teacher_path):
+        say(f"training a digits teacher -> {teacher_path}")
+        train_teacher(ds, teacher_path, arch="digits", schedule=Schedule(epochs=10, batch_size=128, lr=0.1),
+                      device=device)
+    teacher = model_file.load_teacher(teacher_path).eval()
+    if retrain or not _loads(model_file.load_student, student_path):
+        say(f"training a digits student (beta {beta:g}) -> {student_path}")
+        s1, s2 = default_schedules(8)
+        train_student(ds, teacher, student_path, beta=beta, stage1=s1, stage2=s2,
+                      student_options=default_student_options(8), device=device, teacher_source=teacher_path)
+
+    # the held-out digits as PNG files in class folders, so that the client reads real files and knows the labels
+    _, held = split_holdout(ds, HOLDOUT, seed=0)
+    held = held.subset(np.arange(min(count, len(held))))
+    paths, png_bytes = [], []
+    for i in range(len(held)):
+        folder = os.path.join(out_dir, "images", held.classes[int(held.labels[i])])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{i:04d}.png")
+        buf = io.BytesIO()
+        Image.fromarray(held.images[i, 0].numpy()).save(buf, format="PNG", optimize=True)
+        with open(path, "wb") as f:
+            f.write(buf.getvalue())
+        paths.append(path)
+        png_bytes.append(len(buf.getvalue()))
+
+    # two independent loads of the same file: the device half and the server half share nothing in memory
+    server_student, model_id, dev = open_student(student_path, device)
+    client_student, _, _ = open_student(student_path, device)
+    with SplitServer(server_student, model_id, dev, port=port) as server:
+        say(f"server: student {model_id} on {server.host}:{server.port}; sending {len(paths)} held-out digits")
+        from codec.features.data import label_from_path, load_images
+
+        c, h, w = client_student.image_shape
+        pixels = load_images(paths, c, (h, w))
+        labels = [label_from_path(p, client_student.classes) for p in paths]
+        with SplitClient(client_student, model_id, dev, server.host, server.port) as client:
+            session = run_session(client, pixels, labels, live=not as_json)
+        port_used = server.port
+    return {"server": f"127.0.0.1:{port_used}", "model_id": model_id, "student": student_path,
+            **_session_summary(session),
+            "teacher_accuracy": accuracy(teacher.to(pick_device(device)), held, pick_device(device)),
+            "png_bytes_per_image": float(np.mean(png_bytes)), "raw_bytes_per_image": c * h * w}
+
+
+def _loads(loader, path: str) -> bool:
+    """A cached model file is reused only if it loads; anything else is retrained."""
+    if not os.path.exists(path):
+        return False
+    try:
+        loader(path)
+        return True
+    except UserError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(split())

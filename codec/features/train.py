@@ -1,0 +1,446 @@
+"""Training the teacher and the two stages of the Entropic Student.
+
+Stage 1 (head distillation + rate): the encoder, prior and decoder learn to reproduce the teacher's features at the
+split point and after every later stage (the tail is frozen but passes gradients), plus beta * bits of the latent;
+the bottleneck's aux loss (its quantiles) is stepped by the same optimizer, as in the paper's code.
+Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
+tail learn from the hard-quantised latent with the KD loss 0.5 * CE + 0.5 * KL(teacher || student).
+
+Checkpoints are written after each epoch beside the output (`OUT.ckpt`, safetensors) and picked up by resume=True.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from codec.device import pick_device, seed_everything
+from codec.errors import UserError
+from codec.features import model_file
+from codec.features.data import ImageSet, augment, split_holdout, to_float
+from codec.features.student import Student, load_student_state, make_config as make_student_config
+from codec.features.teacher import CifarResNet, make_config as make_teacher_config
+from codec.progress import progress
+
+PRIOR_LR_SCALE = 10.0
+HOLDOUT = 0.1          # fraction of the data held out to report accuracy; the split is fixed (seed 0)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run a block with n intra-op CPU threads (None: unchanged). Tiny models on a busy 2-core machine train
+    ~20x faster on one thread than on two that spin-wait for each other."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def threads_for(device: torch.device, image_size: int) -> int | None:
+    return 1 if device.type == "cpu" and image_size <= 16 else None
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    max_time: float | None = None      # seconds for the whole stage; the stage ends after the epoch that passes it
+    max_images: int | None = None      # images for the whole stage (a fraction of an epoch is allowed)
+
+
+@dataclass
+class Checkpoint:
+    """What a resumed run needs: which stage and epoch finished last, the model and the optimizer."""
+    path: str
+    enabled: bool = True
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, what: str, config: dict, stage: int, epoch: int, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        tensors = {f"model.{k}": v for k, v in model_file.state_tensors(model).items()}
+        opt_tensors, opt_rest = model_file.flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_tensors)
+        model_file.save(self.path, "checkpoint", {"what": what, "model": config},
+                        tensors, {"stage": stage, "epoch": epoch, "optimizer": opt_rest, **extra})
+
+    def load(self, what: str, config: dict) -> model_file.ModelFile | None:
+        if not os.path.exists(self.path):
+            return None
+        mf = model_file.load(self.path, expect="checkpoint")
+        if mf.config.get("what") != what or mf.config.get("model") != config:
+            raise UserError(f"checkpoint {self.path} is for another {what} setup; delete it or drop --resume")
+        return mf
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def checkpoint_path(output: str) -> str:
+    return output + ".ckpt"
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True):
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def augmentation(ds: ImageSet) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Crop-and-pad for every set; horizontal flips only for natural colour images (a flipped digit is not one)."""
+    pad = max(1, ds.size[0] // 8)
+    flip = ds.channels == 3
+    return lambda x, g: augment(x, flip=flip, pad=pad, generator=g)
+
+
+@torch.no_grad()
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, device: torch.device,
+             batch_size: int = 500) -> float:
+    if len(ds) == 0:
+        return float("nan")
+    correct = 0
+    for i in range(0, len(ds), batch_size):
+        x = to_float(ds.images[i:i + batch_size].to(device))
+        correct += int((model(x).argmax(1).cpu() == ds.labels[i:i + batch_size]).sum())
+    return correct / len(ds)
+
+
+def _lr_at(epoch: int, epochs: int, base: float, milestones=(0.5, 0.8)) -> float:
+    """Step decay x0.1 at fixed fractions of the run (the paper's MultiStepLR, scaled to any epoch count)."""
+    return base * 0.1 ** sum(epoch >= math.ceil(m * epochs) for m in milestones)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def _prepare(ds: ImageSet, device: torch.device) -> tuple[ImageSet, ImageSet]:
+    train, held = split_holdout(ds, HOLDOUT, seed=0)
+    if len(train) == 0:
+        raise UserError("not enough images to train on")
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# teacher
+
+
+def train_teacher(ds: ImageSet, output: str, *, arch: str | None = None, schedule: Schedule | None = None,
+                  device: str = "auto", seed: int = 0, resume: bool = False) -> dict[str, Any]:
+    """Train a CIFAR-style ResNet from scratch on `ds`; writes the teacher model file."""
+    dev = pick_device(device)
+    with cpu_threads(threads_for(dev, ds.size[0])):
+        return _train_teacher(ds, output, arch, schedule, dev, seed, resume)
+
+
+def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, Any]:
+    arch = arch or ("digits" if ds.size[0] <= 16 else "resnet20")
+    cfg = make_teacher_config(arch, num_classes=len(ds.classes), classes=ds.classes,
+                              in_channels=ds.channels, image_size=ds.size[0])
+    if ds.channels == 1 and arch != "digits":
+        cfg.update(mean=[0.5], std=[0.25])
+    if ds.size[0] != ds.size[1]:
+        raise UserError(f"images are {ds.size[1]}x{ds.size[0]}: the models take square images")
+    schedule = schedule or Schedule(epochs=30 if arch == "digits" else 30, batch_size=128, lr=0.1)
+    g = seed_everything(seed)
+    train, held = _prepare(ds, dev)
+    model = CifarResNet(cfg).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    ckpt = Checkpoint(checkpoint_path(output), enabled=True)
+    start = 0
+    if resume and (mf := ckpt.load("teacher", cfg)) is not None:
+        model.load_state_dict({k[6:]: v for k, v in mf.tensors.items() if k.startswith("model.")}, strict=False)
+        opt.load_state_dict(model_file.unflatten_optimizer(mf.tensors, mf.meta["optimizer"]))
+        start = int(mf.meta["epoch"]) + 1
+        g.manual_seed(seed + start)
+    aug = augmentation(train)
+    images = train.images.to(dev)
+    labels = train.labels.to(dev)
+    t0 = time.time()
+    steps_per_epoch = math.ceil(len(train) / schedule.batch_size)
+    bar = progress(total=(schedule.epochs - start) * steps_per_epoch, desc="teacher", unit="step")
+    for epoch in range(start, schedule.epochs):
+        # cosine decay over the whole run: a short schedule still ends at a small learning rate
+        _set_lr(opt, 0.5 * schedule.lr * (1 + math.cos(math.pi * epoch / schedule.epochs)))
+        model.train()
+        for idx in batches(len(train), schedule.batch_size, g):
+            x = aug(to_float(images[idx.to(dev)]), g)
+            loss = F.cross_entropy(model(x), labels[idx.to(dev)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        ckpt.save("teacher", cfg, 0, epoch, model, opt, {})
+        if schedule.max_time is not None and time.time() - t0 > schedule.max_time:
+            break
+    bar.close()
+    model.eval()
+    summary = {"output": output, "arch": arch, "data": ds.name, "train_images": len(train),
+               "heldout_images": len(held), "epochs": schedule.epochs,
+               "train_seconds": round(time.time() - t0, 1),
+               "heldout_top1": accuracy(model, held, dev), "device": str(dev)}
+    summary["model_id"] = model_file.save_teacher(output, model.cpu(), {"training": summary})
+    ckpt.remove()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# student
+
+
+def distillation_loss(student_out: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor],
+                      names: list[str]) -> torch.Tensor:
+    """Sum of squared feature errors per image, summed over the distilled stages (the paper's MSE 'sum')."""
+    n = next(iter(student_out.values())).shape[0]
+    return sum(F.mse_loss(student_out[k], teacher_out[k], reduction="sum") for k in names) / n
+
+
+def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
+    """Bits per image under the prior: -sum log2 p."""
+    return -torch.log2(likelihoods).sum() / likelihoods.shape[0]
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            alpha: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher || student)."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
+                  log_target=True)
+    return (1 - alpha) * F.cross_entropy(logits, labels) + alpha * t * t * kl
+
+
+def _frozen(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: float,
+                  stage1: Schedule, stage2: Schedule, student_options: dict[str, Any] | None = None,
+                  device: str = "auto", seed: int = 0, resume: bool = False,
+                  teacher_source: str = "", distill: str = "all") -> dict[str, Any]:
+    """Both stages; writes the student model file (weights + CDF tables + config) and returns a summary.
+
+    distill="all" matches the split feature and every later stage's output (the paper); "head" matches only the
+    split feature, which skips the tail in stage 1 and runs the teacher only up to the split (~3x cheaper on CPU).
+    """
+    if distill not in ("all", "head"):
+        raise UserError(f"--distill {distill!r}: expected all or head")
+    if beta < 0 or not math.isfinite(beta):
+        raise UserError(f"--beta must be a non-negative number, got {beta}")
+    tcfg = teacher.config
+    if (ds.channels, ds.size[0]) != (int(tcfg["in_channels"]), int(tcfg["image_size"])) or ds.size[0] != ds.size[1]:
+        raise UserError(f"the data's images are {ds.channels}x{ds.size[0]}x{ds.size[1]} but the teacher takes "
+                        f"{tcfg['in_channels']}x{tcfg['image_size']}x{tcfg['image_size']}")
+    if len(ds.classes) != int(tcfg["num_classes"]):
+        raise UserError(f"the data has {len(ds.classes)} classes but the teacher predicts {tcfg['num_classes']}")
+    dev = pick_device(device)
+    with cpu_threads(threads_for(dev, ds.size[0])):
+        return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
+                              teacher_source, distill)
+
+
+def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
+                   teacher_source, distill) -> dict[str, Any]:
+    tcfg = teacher.config
+    cfg = make_student_config(tcfg, **(student_options or {}))
+    cfg["beta"] = float(beta)
+    g = seed_everything(seed)
+    train, held = _prepare(ds, dev)
+    teacher = teacher.to(dev).eval()
+    _frozen(teacher)
+    student = Student(cfg)
+    student.copy_tail_from(teacher.cpu())
+    teacher.to(dev)
+    student.to(dev)
+    aug = augmentation(train)
+    images, labels = train.images.to(dev), train.labels.to(dev)
+    ckpt = Checkpoint(checkpoint_path(output))
+    state = ckpt.load("student", cfg) if resume else None
+    # a checkpoint says which stage and epoch finished last: resume right after it
+    done_stage, done_epoch = (int(state.meta["stage"]), int(state.meta["epoch"])) if state else (1, -1)
+    if state is not None:
+        load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
+        student.to(dev)
+    head_only = distill == "head"
+    distilled = [cfg["split"]] if head_only else [cfg["split"], *student.tail_names]
+    record: dict[str, Any] = dict(state.meta.get("record", {})) if state else {}
+    t_start = time.time()
+
+    cached = cached_logits = None
+    if head_only:
+        # head distillation without augmentation: the teacher's split feature (fp16) and logits, once per image
+        feats, logits = [], []
+        with torch.no_grad():
+            for i in range(0, len(train), 500):
+                f = teacher.features(to_float(images[i:i + 500]))
+                feats.append(f[cfg["split"]].half())
+                logits.append(f["logits"])
+        cached, cached_logits = torch.cat(feats), torch.cat(logits)
+
+    # ---- stage 1: distillation + beta * rate + aux
+    _frozen(student.tail)
+    _frozen(student.linear)
+    if done_stage == 1:
+        # the prior learns 10x faster than the networks: with few steps it must still track the latent's spread
+        prior = [p for p in student.entropy_bottleneck.parameters() if p.requires_grad]
+        nets = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("entropy_")]
+        opt = torch.optim.Adam([{"params": nets, "lr_scale": 1.0}, {"params": prior, "lr_scale": PRIOR_LR_SCALE}],
+                               lr=stage1.lr)
+        start = done_epoch + 1
+        if state is not None:
+            opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
+            g.manual_seed(seed * 1000 + start)
+        t0 = time.time()
+        steps = math.ceil(len(train) / stage1.batch_size)
+        bar = progress(total=max(0, stage1.epochs - start) * steps, desc="student stage 1", unit="step")
+        for epoch in range(start, stage1.epochs):
+            _set_lr(opt, _lr_at(epoch, stage1.epochs, stage1.lr))
+            student.train()
+            student.tail.eval()                      # frozen tail: its BatchNorm statistics stay the teacher's
+            sums = {"distill": 0.0, "bits": 0.0, "n": 0}
+            for idx in batches(len(train), stage1.batch_size, g):
+                if head_only:       # fixed targets, computed once: no augmentation, no teacher pass per step
+                    x = to_float(images[idx.to(dev)])
+                    target = {cfg["split"]: cached[idx.to(dev)].float()}
+                else:
+                    x = aug(to_float(images[idx.to(dev)]), g)
+                    with torch.no_grad():
+                        target = teacher.features(x)
+                out, likelihoods = student.forward_train(x, with_tail=not head_only)
+                feature_loss = distillation_loss(out, target, distilled)
+                bits = rate_bits(likelihoods)
+                aux = student.entropy_bottleneck.loss()
+                loss = feature_loss + beta * bits + aux
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums["distill"] += feature_loss.item() * len(idx)
+                sums["bits"] += bits.item() * len(idx)
+                sums["n"] += len(idx)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, distill=f"{feature_loss.item():.1f}", bits=f"{bits.item():.0f}")
+            record["stage1_last_epoch"] = {"epoch": epoch + 1, "distill": sums["distill"] / sums["n"],
+                                           "bits_per_image": sums["bits"] / sums["n"]}
+            ckpt.save("student", cfg, 1, epoch, student, opt, {"record": record})
+            if stage1.max_time is not None and time.time() - t0 > stage1.max_time:
+                break
+        bar.close()
+        record["stage1_seconds"] = round(time.time() - t0, 1)
+        # the prior's quantiles become CompressAI's integer CDF tables now; stage 2 and the bitstream use them
+        student.cpu()
+        student.update_tables()
+        student.to(dev)
+        done_stage, done_epoch = 2, -1
+
+    # ---- stage 2: encoder and prior frozen; decoder + tail fine-tuned on the hard-quantised latent with KD
+    _frozen(student.encoder)
+    _frozen(student.entropy_bottleneck)
+    for p in list(student.decoder.parameters()) + list(student.tail.parameters()) + list(student.linear.parameters()):
+        p.requires_grad_(True)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=stage2.lr, momentum=0.9, weight_decay=5e-4)
+    start = done_epoch + 1
+    if state is not None and int(state.meta["stage"]) == 2:
+        opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
+        g.manual_seed(seed * 1000 + 500 + start)
+    t0 = time.time()
+    steps = math.ceil(len(train) / stage2.batch_size)
+    total = max(0, stage2.epochs - start) * steps
+    if stage2.max_images is not None:
+        total = min(total, math.ceil(stage2.max_images / stage2.batch_size))
+    bar = progress(total=total, desc="student stage 2", unit="step")
+    seen = 0
+    for epoch in range(start, stage2.epochs):
+        _set_lr(opt, _lr_at(epoch, stage2.epochs, stage2.lr, milestones=(0.5,)))
+        student.train()
+        student.encoder.eval()
+        student.entropy_bottleneck.eval()
+        for idx in batches(len(train), stage2.batch_size, g):
+            if stage2.max_images is not None and seen >= stage2.max_images:
+                break
+            seen += len(idx)
+            if head_only:
+                x = to_float(images[idx.to(dev)])
+                t_logits = cached_logits[idx.to(dev)]
+            else:
+                x = aug(to_float(images[idx.to(dev)]), g)
+            with torch.no_grad():
+                if not head_only:
+                    t_logits = teacher(x)
+                symbols = student.to_symbols(student.encode(x))     # hard rounding, detached (paper's stage 2)
+            logits = student.classify_symbols(symbols)
+            loss = kd_loss(logits, t_logits, labels[idx.to(dev)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
+        ckpt.save("student", cfg, 2, epoch, student, opt, {"record": record})
+        if (stage2.max_time is not None and time.time() - t0 > stage2.max_time) or \
+                (stage2.max_images is not None and seen >= stage2.max_images):
+            break
+    bar.close()
+    record["stage2_seconds"] = round(time.time() - t0, 1)
+    student.eval()
+    summary = {"output": output, "data": ds.name, "teacher": teacher_source, "beta": beta,
+               "split": cfg["split"], "latent_channels": cfg["latent_channels"], "distill": distill,
+               "latent_shape": "x".join(map(str, student.latent_shape)),
+               "train_images": len(train), "heldout_images": len(held),
+               "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs,
+               "train_seconds": round(time.time() - t_start, 1),
+               "heldout_top1_teacher": accuracy(teacher, held, dev),
+               "heldout_top1_student": accuracy(student, held, dev),
+               "heldout_bits_per_image": estimated_bits(student, held, dev),
+               "device": str(dev)}
+    summary.update({k: v for k, v in record.items() if k.endswith("_seconds")})
+    summary["model_id"] = model_file.save_student(output, student.cpu(), {"training": summary})
+    ckpt.remove()
+    return summary
+
+
+@torch.no_grad()
+def estimated_bits(student: Student, ds: ImageSet, device: torch.device, batch_size: int = 500) -> float:
+    """Mean -log2 p of the hard-quantised latent under the prior (the coder lands within a few bytes of it)."""
+    if len(ds) == 0:
+        return float("nan")
+    total = 0.0
+    eb = student.entropy_bottleneck.eval()
+    for i in range(0, len(ds), batch_size):
+        y = student.encode(to_float(ds.images[i:i + batch_size].to(device)))
+        _, likelihoods = eb(y)
+        total += float(-torch.log2(likelihoods).sum())
+    return total / len(ds)
+
+
+def load_teacher_for_training(path: str) -> CifarResNet:
+    teacher = model_file.load_teacher(path)
+    teacher.eval()
+    return teacher
+
+
+def default_student_options(image_size: int) -> dict[str, Any]:
+    """Bottleneck shapes that suit the data: tiny digits keep a 4x4 latent, 32x32 images an 8x8 one."""
+    if image_size <= 16:
+        return {"encoder_stride": 2, "latent_channels": 8, "encoder_channels": 16, "decoder_channels": 32}
+    return {"encoder_stride": 4, "latent_channels": 16, "encoder_channels": 32, "decoder_channels": 32}
+
+
+def default_schedules(image_size: int) -> tuple[Schedule, Schedule]:
+    """(stage 1, stage 2): Adam 1e-3 then SGD 1e-2 with momentum; digits train in seconds."""
+    if image_size <= 16:
+        return Schedule(epochs=8, batch_size=64, lr=2e-3), Schedule(epochs=4, batch_size=64, lr=1e-2)
+    return Schedule(epochs=10, batch_size=64, lr=1e-3), Schedule(epochs=5, batch_size=128, lr=1e-2)

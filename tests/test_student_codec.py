@@ -1,0 +1,151 @@
+"""`--codec student`: latents through the shared coder and container, and the CLI's bad-input contract."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitstream.container import Reader, Writer
+from bitstream.errors import BitstreamError
+from cli.main import main
+from codec.errors import UserError
+from codec.features import model_file
+from codec.features import train as T
+from codec.features.codec import LatentCoder, StudentCodec
+from codec.features.data import load_dataset
+
+TINY = {"encoder_stride": 2, "latent_channels": 4, "encoder_channels": 8, "decoder_channels": 16}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with T.cpu_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny digits teacher and two students trained from it with different betas (a few seconds)."""
+    d = tmp_path_factory.mktemp("models")
+    ds = load_dataset("digits", limit=500)
+    T.train_teacher(ds, str(d / "teacher.safetensors"), schedule=T.Schedule(3, 64, 0.1), device="cpu")
+    teacher = model_file.load_teacher(str(d / "teacher.safetensors"))
+    for name, beta in (("student", 0.3), ("other", 3.0)):
+        T.train_student(ds, teacher, str(d / f"{name}.safetensors"), beta=beta, stage1=T.Schedule(2, 64, 2e-3),
+                        stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu")
+    return d
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Twelve real digits as 8x8 PNG files in class-named folders."""
+    d = tmp_path_factory.mktemp("digits")
+    ds = load_dataset("digits")
+    paths = []
+    for i in range(12):
+        folder = d / ds.classes[int(ds.labels[i])]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(ds.images[i, 0].numpy()).save(folder / f"{i:02d}.png")
+        paths.append(folder / f"{i:02d}.png")
+    return paths, ds.images[:12]
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, fragment=""):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ncodec: "), err
+    assert fragment in lines[0]
+
+
+def test_latent_round_trip_is_exact_including_out_of_range_values(models):
+    student, _ = model_file.load_student(str(models / "student.safetensors"))
+    coder = LatentCoder(student)
+    c, h, w = student.latent_shape
+    rng = np.random.default_rng(0)
+    symbols = rng.integers(-2, 3, size=(c, h, w)).astype(np.int32)
+    symbols[0, 0, 0], symbols[-1, -1, -1], symbols[1, 1, 1] = 1000, -70000, 2**30   # far outside every table
+    assert np.array_equal(coder.decode(coder.encode(symbols)), symbols)
+
+
+def test_encode_decode_through_the_container(models, images, tmp_path):
+    paths, pixels = images
+    student, model_id = model_file.load_student(str(models / "student.safetensors"))
+    codec = StudentCodec()
+    out = tmp_path / "x.ncb"
+    opts = {"model": str(models / "student.safetensors"), "device": "cpu", "json": True}
+    summary = codec.encode([str(p) for p in paths], str(out), opts)
+    assert summary["bytes"] == out.stat().st_size                # the real file's bytes
+    reader = Reader.from_path(out)
+    assert reader.header["kind"] == "features" and reader.header["count"] == 12
+    assert reader.header["model_id"] == model_id
+    decoded = codec.decode(reader, None, opts)
+    with torch.no_grad():
+        whole = student(pixels.float() / 255).argmax(1).tolist()  # the whole student in one process
+    assert [r["class"] for r in decoded["predictions"]] == whole
+    assert [r["image"] for r in decoded["predictions"]] == [p.name for p in paths]
+
+
+def test_cli_encode_decode_json(capsys, models, images, tmp_path):
+    paths, _ = images
+    out = tmp_path / "y.ncb"
+    code, _, err = run(capsys, "encode", *paths, "--codec", "student", "--model", models / "student.safetensors",
+                       "-o", out, "--device", "cpu")
+    assert code == 0, err
+    code, stdout, err = run(capsys, "decode", out, "--model", models / "student.safetensors", "--json",
+                            "--device", "cpu")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert len(result["predictions"]) == 12 and len(result["classes"].split()) == 12
+    code, _, err = run(capsys, "decode", out, "--model", models / "student.safetensors", "-o",
+                       tmp_path / "pred.json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "pred.json").read_text())["predictions"] == result["predictions"]
+
+
+def test_decoding_with_another_student_is_refused(capsys, models, images, tmp_path):
+    paths, _ = images
+    out = tmp_path / "z.ncb"
+    assert run(capsys, "encode", paths[0], "--codec", "student", "--model", models / "student.safetensors",
+               "-o", out, "--device", "cpu")[0] == 0
+    code, _, err = run(capsys, "decode", out, "--model", models / "other.safetensors", "--device", "cpu")
+    assert_one_line_error(code, err, "encoded with student model")
+
+
+def test_wrong_image_size_is_one_line(capsys, models, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(big)
+    code, _, err = run(capsys, "encode", big, "--codec", "student", "--model", models / "student.safetensors",
+                       "-o", tmp_path / "o.ncb", "--device", "cpu")
+    assert_one_line_error(code, err, "the model takes 8x8")
+
+
+def test_a_model_file_that_is_not_one_is_one_line(capsys, images, tmp_path):
+    paths, _ = images
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(100))
+    code, _, err = run(capsys, "encode", paths[0], "--codec", "student", "--model", fake, "-o", tmp_path / "o.ncb")
+    assert_one_line_error(code, err, "not an ncodec model file")
+    code, _, err = run(capsys, "encode", paths[0], "--codec", "student", "-o", tmp_path / "o.ncb")
+    assert_one_line_error(code, err, "--model")
+
+
+def test_damaged_latents_are_a_bitstream_error(models, images, tmp_path):
+    paths, _ = images
+    opts = {"model": str(models / "student.safetensors"), "device": "cpu", "json": True}
+    StudentCodec().encode([str(p) for p in paths[:3]], str(tmp_path / "a.ncb"), opts)
+    reader = Reader.from_path(tmp_path / "a.ncb")
+    # rebuild the file with a latents section whose first stream is not a whole number of 32-bit words
+    w = Writer("student", 1, dict(reader.header))
+    w.add_section("latents", b"\x03abc" + reader.payload("latents")[4:])
+    w.write(tmp_path / "b.ncb")
+    with pytest.raises(BitstreamError):
+        StudentCodec().decode(Reader.from_path(tmp_path / "b.ncb"), None, opts)
+    with pytest.raises(UserError):
+        StudentCodec().decode(reader, str(tmp_path / "pred.png"), opts)

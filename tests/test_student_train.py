@@ -1,0 +1,174 @@
+"""Entropic Student training on the bundled 8x8 digits: the two stages, model files, the teacher loaders."""
+import math
+
+import pytest
+import torch
+
+from codec.errors import UserError
+from codec.features import model_file
+from codec.features import train as T
+from codec.features.data import load_dataset
+from codec.features.student import Student, make_config as student_config
+from codec.features.teacher import CifarResNet, count_macs, load_pretrained_resnet, make_config
+
+TINY = {"encoder_stride": 2, "latent_channels": 4, "encoder_channels": 8, "decoder_channels": 16}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with T.cpu_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", limit=600)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits, tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    summary = T.train_teacher(digits, str(path), schedule=T.Schedule(epochs=4, batch_size=64, lr=0.1),
+                              device="cpu")
+    assert summary["heldout_top1"] > 0.5          # far above chance (0.1): it did learn
+    return model_file.load_teacher(str(path))
+
+
+def _student(digits, teacher, path, epochs2, seed=0):
+    return T.train_student(digits, teacher, str(path), beta=0.5, stage1=T.Schedule(4, 32, 3e-3),
+                           stage2=T.Schedule(epochs2, 32, 1e-2), student_options=TINY, device="cpu", seed=seed)
+
+
+def test_stage2_leaves_encoder_and_prior_bit_identical(digits, teacher, tmp_path):
+    _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
+    _student(digits, teacher, tmp_path / "b.safetensors", epochs2=2)
+    a = model_file.load(tmp_path / "a.safetensors").tensors
+    b = model_file.load(tmp_path / "b.safetensors").tensors
+    frozen = [k for k in a if k.startswith(("encoder.", "entropy_bottleneck."))]
+    assert any(k.endswith("_quantized_cdf") for k in frozen) and any(k.startswith("encoder.") for k in frozen)
+    for k in frozen:
+        assert torch.equal(a[k], b[k]), k
+    # ... while stage 2 did train the decoder and the tail
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("decoder.", "tail.", "linear.")))
+
+
+def test_student_file_carries_its_tables_and_classifies_like_before(digits, teacher, tmp_path):
+    summary = _student(digits, teacher, tmp_path / "s.safetensors", epochs2=1)
+    student, model_id = model_file.load_student(str(tmp_path / "s.safetensors"))
+    assert model_id == summary["model_id"]
+    cdf, length, offset = student.tables()
+    assert cdf.shape[0] == 4 and length.min() >= 3 and (cdf[:, 0] == 0).all()
+    assert 0 < summary["heldout_bits_per_image"] < 4 * 4 * 4 * 24    # bounded by 24 bits per latent symbol
+    x = digits.images[:32].float() / 255
+    with torch.no_grad():
+        assert torch.equal(student(x).argmax(1), student(x).argmax(1))
+    assert summary["heldout_top1_student"] > 0.3
+
+
+def test_resume_continues_after_the_last_finished_epoch(digits, teacher, tmp_path, monkeypatch):
+    out = tmp_path / "r.safetensors"
+    saves = []
+    real_save = T.Checkpoint.save
+
+    def interrupted(self, what, config, stage, epoch, *args, **kwargs):
+        real_save(self, what, config, stage, epoch, *args, **kwargs)
+        saves.append((stage, epoch))
+        if (stage, epoch) == (1, 0):
+            raise KeyboardInterrupt            # the run dies right after its first checkpoint
+
+    def run(resume):
+        return T.train_student(digits, teacher, str(out), beta=0.5, stage1=T.Schedule(2, 64, 2e-3),
+                               stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu", resume=resume)
+
+    monkeypatch.setattr(T.Checkpoint, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=False)
+    assert (tmp_path / "r.safetensors.ckpt").exists() and not out.exists()
+    saves.clear()
+    run(resume=True)
+    assert saves == [(1, 1), (2, 0)]              # stage 1 epoch 0 was not run again
+    assert out.exists() and not (tmp_path / "r.safetensors.ckpt").exists()
+    model_file.load_student(str(out))
+
+
+def test_resume_refuses_a_checkpoint_of_another_setup(digits, teacher, tmp_path):
+    out = tmp_path / "x.safetensors"
+    ckpt = T.Checkpoint(T.checkpoint_path(str(out)))
+    cfg = student_config(teacher.config, **TINY)
+    ckpt.save("student", cfg, 1, 0, Student(cfg), torch.optim.Adam(Student(cfg).parameters()), {})
+    with pytest.raises(UserError, match="another student setup"):
+        T.train_student(digits, teacher, str(out), beta=0.01, stage1=T.Schedule(1, 64, 1e-3),
+                        stage2=T.Schedule(1, 64, 1e-2), student_options={**TINY, "latent_channels": 5},
+                        device="cpu", resume=True)
+
+
+def test_pretrained_checkpoint_layout_loads_without_pickle_code(tmp_path):
+    """The published CIFAR ResNet format: {'best_prec1', 'state_dict'} with 'module.' keys, no BN counters."""
+    src = CifarResNet(make_config("resnet20", 10)).eval()
+    state = {f"module.{k}": v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "resnet20-test.th"
+    torch.save({"best_prec1": 91.0, "state_dict": state}, path)
+    loaded = load_pretrained_resnet(str(path)).eval()
+    assert loaded.config["blocks"] == 3 and loaded.config["widths"] == [16, 32, 64]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(src(x), loaded(x))
+    assert isinstance(model_file.load_teacher(str(path)), CifarResNet)
+
+
+def test_not_a_model_file_is_a_one_line_user_error(tmp_path):
+    for content in (b"", b"hello world, not a model", b"\xff" * 64):
+        p = tmp_path / "bad.safetensors"
+        p.write_bytes(content)
+        with pytest.raises(UserError) as e:
+            model_file.load_student(str(p))
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="not found"):
+        model_file.load_student(str(tmp_path / "missing.safetensors"))
+    p = tmp_path / "bad.th"
+    p.write_bytes(b"not a torch file")
+    with pytest.raises(UserError):
+        model_file.load_teacher(str(p))
+
+
+def test_a_teacher_file_is_not_a_student(teacher, tmp_path):
+    p = tmp_path / "t.safetensors"
+    model_file.save_teacher(p, teacher)
+    with pytest.raises(UserError, match="teacher model, not a student"):
+        model_file.load_student(str(p))
+
+
+def test_device_encoder_is_under_5_percent_of_resnet56_macs():
+    """The issue's target for the CIFAR-10 configuration (default student options for 32x32 images)."""
+    teacher = CifarResNet(make_config("resnet56", 10))
+    student = Student(student_config(teacher.config, **T.default_student_options(32)))
+    x = torch.zeros(1, 3, 32, 32)
+    t_macs = count_macs(teacher, x)
+    e_macs = count_macs(student.encoder, x)
+    assert math.isclose(t_macs, 125.49e6, rel_tol=1e-3)      # the figure quoted for ResNet-56
+    assert e_macs < 0.05 * t_macs
+
+
+def test_image_folder_and_tar_archive_load_alike(tmp_path):
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "set" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "set" / cls / f"{i}.png")
+    with tarfile.open(tmp_path / "set.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "set", arcname="train")
+    folder = load_dataset(str(tmp_path / "set"))
+    archive = load_dataset(str(tmp_path / "set.tar.gz"))
+    assert folder.classes == archive.classes == ["cat", "dog"]
+    assert folder.images.shape == (6, 3, 6, 6) and torch.equal(folder.images, archive.images)
+    assert folder.labels.tolist() == archive.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    Image.fromarray(np.zeros((7, 6, 3), np.uint8)).save(tmp_path / "set" / "dog" / "odd.png")
+    with pytest.raises(UserError, match="differ in size"):
+        load_dataset(str(tmp_path / "set"))
+    with pytest.raises(UserError, match="not found"):
+        load_dataset(str(tmp_path / "nothing"))
