@@ -30,6 +30,8 @@ from codec.video.inr_codec import LoadedFile, render
 
 def decode_speed(path: str, device: torch.device, codec: str, batch_sizes=(8, 16, 32), repeats: int = 3) -> dict:
     """Best frames/s over batch sizes: on the device only, and with the frames copied to host memory."""
+    if codec == "nirvana":
+        return nirvana_decode_speed(path, device, repeats)
     loaded = LoadedFile(Reader.from_path(path), codec, device)
     T = loaded.cfg.frames
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
@@ -54,6 +56,29 @@ def decode_speed(path: str, device: torch.device, codec: str, batch_sizes=(8, 16
     return best
 
 
+def nirvana_decode_speed(path: str, device: torch.device, repeats: int = 3) -> dict:
+    """NIRVANA: the whole file, entropy decoding of every group included (chunks of groups per call are fixed)."""
+    from codec.video import nirvana
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    best = {}
+    for key, to_host in (("decode_fps_device", False), ("decode_fps_host", True)):
+        times = []
+        for _ in range(repeats + 1):                # the first pass is the warm-up
+            loaded = nirvana.LoadedFile(Reader.from_path(path), device)
+            sync()
+            t0 = time.perf_counter()
+            n = 0
+            for _, batch in loaded.render():
+                n += batch.shape[0]
+                if to_host:
+                    batch.cpu()
+            sync()
+            times.append(time.perf_counter() - t0)
+        best[key] = n / min(times[1:])
+    return best
+
+
 def steady_seconds_per_epoch(history: list[dict]) -> float | None:
     if len(history) < 3:
         return None
@@ -63,7 +88,9 @@ def steady_seconds_per_epoch(history: list[dict]) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_fit", description=__doc__.splitlines()[0])
-    ap.add_argument("--codec", default="hnerv", choices=["hnerv", "nerv"])
+    ap.add_argument("--codec", default="hnerv", choices=["hnerv", "nerv", "nervpp", "nirvana"])
+    ap.add_argument("--lambda", dest="lmbda", type=float, default=None, help="NIRVANA's rate weight")
+    ap.add_argument("--group", type=int, default=None, help="NIRVANA's frames per group")
     ap.add_argument("--size", default="1.5M")
     ap.add_argument("--clip", default="bunny")
     ap.add_argument("--crop", default="640x1280")
@@ -107,12 +134,16 @@ def run(args) -> int:
         opts = {"device": str(device), "seed": 0, "json": True, "frames": args.frames, "crop": args.crop,
                 "epochs": value if kind == "epochs" else None, "max_time": value if kind == "max_time" else None,
                 "size": args.size, "bpp": None, "resume": False, "batch_size": args.batch_size, "lr": args.lr,
-                "qat_epochs": args.qat_epochs}
+                "qat_epochs": args.qat_epochs, "lmbda": args.lmbda, "group": args.group}
+        if args.codec == "nirvana":     # per-group networks: --size is per group, --epochs steps per group
+            opts["size"] = None if args.size == "1.5M" else args.size
         ncb = out_dir / f"{tag}.ncb"
         s = codec.encode([src], str(ncb), opts)
         s.update(decode_speed(str(ncb), device, args.codec))
+        s.setdefault("epochs", float(value) if kind == "epochs" else float("nan"))
+        s.setdefault("psnr_fit", max(s.get("group_fit_psnr") or [float("nan")]))
         s["seconds_per_epoch"] = s["fit_seconds"] / max(s["epochs"], 1e-9)
-        s["steady_seconds_per_epoch"] = steady_seconds_per_epoch(s["history"])
+        s["steady_seconds_per_epoch"] = steady_seconds_per_epoch(s.get("history", []))
         write_json(out_dir / f"{tag}.json", s)
         rows.append({"schedule": f"{kind}={value:g}", "epochs": s["epochs"], "fit_s": s["fit_seconds"],
                      "s/epoch": round(s["seconds_per_epoch"], 3),

@@ -1,14 +1,19 @@
 """Rate-distortion of NeRV and HNeRV at several sizes, beside the classical codecs, with BD-rate against x265 medium.
 
-    python -m benchmarks.rd [--clip bunny --crop 640x1280] [--codecs nerv,hnerv] [--sizes 0.35M,0.75M,1.5M,3M]
-        [--epochs 300 | --max-time S] [--device auto] [--out results/rd] [--classical results/classical] [--quick]
+    python -m benchmarks.rd [--clip bunny --crop 640x1280] [--codecs nerv,hnerv,nervpp,nirvana]
+        [--sizes 0.35M,0.75M,1.5M,3M] [--lambdas 0.003,0.01,0.03,0.1] [--epochs 300 | --max-time S] [--device auto]
+        [--out results/rd] [--classical results/classical] [--quick]
 
 Default: the papers' setting (Bunny 640x1280, 132 frames, 300 epochs per size: a GPU job). --quick is a CPU run
-on carphone (first 30 frames, three small sizes, 60 s of fitting each, HNeRV only unless --codecs says otherwise).
+on carphone (first 30 frames, three small sizes, 60 s of fitting each, HNeRV and NIRVANA unless --codecs says
+otherwise).
 Every point is a whole .ncb file: bpp = file bytes x 8 / pixels, PSNR of the frames the decoder produces.
 Writes CompressAI-style JSON per codec, the x265/x264 curves on the same frames (read from --classical when a
 file for this clip exists, otherwise measured here with x265 medium), an RD plot, and a table of what the
 adaptive per-tensor coding saves against a fixed-length code and against HNeRV's one-table Huffman code.
+NIRVANA's points come from --lambdas (its rate weight; --sizes is then ignored for it, each group network keeping
+its default size, and --epochs means its steps per group), and every codec also gets a BD-rate against HNeRV when
+HNeRV was run.
 """
 from __future__ import annotations
 
@@ -25,23 +30,29 @@ from codec.errors import UserError
 from codec.progress import print_table, write_json
 from codec.video.io import read_video
 
-NAMES = {"nerv": "NeRV (ncodec)", "hnerv": "HNeRV (ncodec)"}
+NAMES = {"nerv": "NeRV (ncodec)", "hnerv": "HNeRV (ncodec)", "nervpp": "NeRV++ (ncodec)",
+         "nirvana": "NIRVANA (ncodec)"}
 
 
 def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, device, out_dir: Path, label: str,
-              batch_size=None) -> tuple[dict, list[dict]]:
+              batch_size=None, lambdas=()) -> tuple[dict, list[dict]]:
     rows = []
-    for size in sizes:
-        ncb = out_dir / f"{label}_{codec}_{size}.ncb"
+    # NIRVANA's rate is set by lambda (loss = MSE + lambda * bpp); the NeRV family's by the model size
+    points = [(None, lam) for lam in lambdas] if codec == "nirvana" else [(size, None) for size in sizes]
+    for size, lam in points:
+        tag = size if lam is None else f"lambda{lam:g}"
+        ncb = out_dir / f"{label}_{codec}_{tag}.ncb"
         opts = {"device": device, "seed": 0, "json": True, "frames": frames, "crop": crop, "epochs": epochs,
-                "max_time": max_time, "size": size, "bpp": None, "resume": False, "batch_size": batch_size}
+                "max_time": max_time, "size": size, "bpp": None, "resume": False, "batch_size": batch_size,
+                "lmbda": lam}
         s = registry.get(codec).encode([src], str(ncb), opts)
-        c = s["coding"]
-        rows.append({"codec": codec, "size": size, "params": s["params"], "bytes": s["bytes"], "bpp": s["bpp"],
+        c = s.get("coding") or {}
+        rows.append({"codec": codec, "size": tag, "params": s["params"], "bytes": s["bytes"], "bpp": s["bpp"],
                      "psnr": s["psnr"], "ms_ssim": s["ms_ssim"], "fit_seconds": s["fit_seconds"],
-                     "epochs": s["epochs"], "fixed_length_bytes": c["fixed_length_bytes"],
-                     "huffman_one_table_bytes": c["huffman_one_table_bytes"],
-                     "huffman_per_tensor_bytes": c["huffman_per_tensor_bytes"]})
+                     "epochs": s.get("epochs"), "decode_fps": s.get("decode_fps"),
+                     "fixed_length_bytes": c.get("fixed_length_bytes"),
+                     "huffman_one_table_bytes": c.get("huffman_one_table_bytes"),
+                     "huffman_per_tensor_bytes": c.get("huffman_per_tensor_bytes")})
         print_table(rows[-1:], title=f"{codec} {size}")
     sched = f"{epochs} epochs" if epochs else f"{max_time:g} s"
     record = {"name": f"{NAMES[codec]}, {sched}", "description": f"{codec} on {label}, {sched} per size, "
@@ -72,9 +83,12 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", default=None, help="bundled name or file (default bunny; carphone with --quick)")
     ap.add_argument("--crop", default=None, help="centre crop HxW (default 640x1280 for bunny)")
     ap.add_argument("--frames", type=int, default=None)
-    ap.add_argument("--codecs", default=None, help="default nerv,hnerv (hnerv with --quick)")
+    ap.add_argument("--codecs", default=None,
+                    help="default nerv,hnerv,nervpp,nirvana (hnerv,nirvana with --quick)")
     ap.add_argument("--sizes", default=None, help="default 0.35M,0.75M,1.5M,3M (0.1M,0.15M,0.2M with --quick)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per size (default 300)")
+    ap.add_argument("--lambdas", default=None, help="NIRVANA's points (default 0.003,0.01,0.03,0.1)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="epochs per size (default 300; NIRVANA: steps per group, default its own)")
     ap.add_argument("--max-time", type=float, default=None, help="fit seconds per size instead of epochs")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -94,7 +108,11 @@ def run(args) -> int:
     clip_name = args.clip or ("carphone" if q else "bunny")
     crop = args.crop or ("640x1280" if clip_name == "bunny" else None)
     frames = args.frames or (30 if q else None)
-    codecs = (args.codecs or ("hnerv" if q else "nerv,hnerv")).split(",")
+    codecs = (args.codecs or ("hnerv,nirvana" if q else "nerv,hnerv,nervpp,nirvana")).split(",")
+    try:
+        lambdas = [float(v) for v in (args.lambdas or "0.003,0.01,0.03,0.1").split(",")]
+    except ValueError:
+        raise UserError("--lambdas takes comma-separated numbers") from None
     sizes = (args.sizes or ("0.1M,0.15M,0.2M" if q else "0.35M,0.75M,1.5M,3M")).split(",")
     epochs, max_time = args.epochs, args.max_time
     if epochs is None and max_time is None:
@@ -109,8 +127,8 @@ def run(args) -> int:
 
     records, all_rows = [], []
     for codec in codecs:
-        rec, rows = run_codec(codec, src, crop, frames, sizes, epochs, max_time, device, out_dir, label,
-                              args.batch_size)
+        rec, rows = run_codec(codec, src, crop, frames, sizes, epochs if codec != "nirvana" else args.epochs,
+                              max_time, device, out_dir, label, args.batch_size, lambdas)
         records.append(out_dir / f"{label}_{codec}.json")
         all_rows += rows
 
@@ -119,28 +137,34 @@ def run(args) -> int:
     plot = plot_rd([*records, *anchors], out_dir / f"{label}_rd.png", title=f"{label}: INR codecs vs classical")
 
     x265 = next((p for p in anchors if "x265_medium" in p.name), None)
+    hnerv = out_dir / f"{label}_hnerv.json" if "hnerv" in codecs else None
     bd_rows = []
-    for rec in records:
-        data = load_results(rec)
-        row = {"codec": data["name"], "anchor": "x265 medium"}
-        try:
-            a = load_results(x265)["results"]
-            t = data["results"]
-            row["bd_rate_%"] = bd_rate(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
-            row["bd_psnr_db"] = bd_psnr(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
-        except (UserError, ValueError, TypeError) as e:
-            row["note"] = str(e).splitlines()[0][:100]
-        bd_rows.append(row)
+    for anchor_name, anchor in (("x265 medium", x265), ("HNeRV (ncodec)", hnerv)):
+        if anchor is None:
+            continue
+        for rec in records:
+            if rec == anchor:
+                continue
+            data = load_results(rec)
+            row = {"codec": data["name"], "anchor": anchor_name}
+            try:
+                a = load_results(anchor)["results"]
+                t = data["results"]
+                row["bd_rate_%"] = bd_rate(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
+                row["bd_psnr_db"] = bd_psnr(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
+            except (UserError, ValueError, TypeError) as e:
+                row["note"] = str(e).splitlines()[0][:100]
+            bd_rows.append(row)
 
     print_table([{k: r[k] for k in ("codec", "size", "params", "bpp", "psnr", "ms_ssim", "fit_seconds", "epochs")}
                  for r in all_rows], title=f"{label} on {device_name(pick_device(device))}")
-    print_table(bd_rows, title="BD-rate against x265 medium (negative = fewer bits at equal PSNR)")
+    print_table(bd_rows, title="BD-rate against x265 medium and HNeRV (negative = fewer bits at equal PSNR)")
     saving = [{"codec": r["codec"], "size": r["size"], "file_bytes": r["bytes"],
                "fixed_length_bytes": round(r["fixed_length_bytes"]),
                "huffman_one_table_bytes": round(r["huffman_one_table_bytes"]),
                "saving_vs_fixed_%": round(100 * (1 - r["bytes"] / r["fixed_length_bytes"]), 2),
                "saving_vs_huffman_%": round(100 * (1 - r["bytes"] / r["huffman_one_table_bytes"]), 2)}
-              for r in all_rows]
+              for r in all_rows if r["fixed_length_bytes"]]         # NIRVANA codes residuals: no such table
     print_table(saving, title="whole file vs the stored symbols at fixed length and under one Huffman table "
                               "(HNeRV's scheme; its table and side info not counted)")
     write_json(out_dir / f"{label}_summary.json", {"device": device_name(pick_device(device)), "rows": all_rows,

@@ -241,6 +241,11 @@ def quantize(x, bits: int = 8, axis: int | None = None, symmetric: bool = False)
     return QuantizedTensor(symbols, scale, offset, bits, axis, bool(symmetric))
 
 
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in the forward pass, the identity in the backward pass (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
 def fake_quantize(x: torch.Tensor, bits: int, axis: int | None = None, symmetric: bool = False,
                   mode: str = "ste") -> torch.Tensor:
     """Differentiable stand-in for quantise + dequantise during training.

@@ -216,3 +216,13 @@ def test_adaptive_model_choice_and_report():
     report = coding_report(quantize(smooth, 16))
     assert report["model"] in ("laplace", "gaussian") and report["model_bytes"] < 32
     assert report["payload_bytes"] <= 1.02 * report["huffman_payload_bytes"] + report["huffman_table_bytes"]
+
+
+def test_round_ste_rounds_forward_and_passes_gradients():
+    from codec.quant import round_ste
+
+    x = torch.tensor([0.4, 1.6, -2.5, 3.0], requires_grad=True)
+    y = round_ste(x)
+    assert torch.equal(y.detach(), torch.round(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))

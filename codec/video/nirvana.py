@@ -1,0 +1,659 @@
+"""NIRVANA (Maiya et al., CVPR 2023): one small patch network per group of G frames, fitted in order, each group's
+network starting from the previous one's, with weights trained as quantised integers under a rate penalty.
+
+No official code exists; every choice below is ours and docs/NIRVANA.md gives the reasons. In short:
+- groups of G frames (--group, default 8); the last group may be shorter (its network still has G outputs, only
+  the real frames are fitted and stored);
+- network per group, evaluated on all patches of the frame at once (one batched pass): patch coordinates (y, x) in
+  [-1, 1] -> SIREN layers (sin(omega * (W x + b)), omega 10, SIREN init) -> Linear to c x 4 x 4 -> GELU ->
+  log2(P/4) upsampling blocks (3x3 conv c -> 4c, PixelShuffle(2), GELU) -> 3x3 conv to 3G channels ->
+  (tanh + 1) / 2 = the P x P patch of all G frames; patches are tiled and the padding cropped;
+- quantisation-aware from the start: every tensor is w = step * round(latent), latent in integer units with a
+  straight-through rounding, step a learned per-tensor scale (learned in the first group, then fixed);
+- loss = MSE + lambda * rate, rate in bits per pixel from a learned per-tensor Laplace(0, b) over the integer
+  symbols: the integers themselves in key groups (the first, and every --key-every'th), their difference from the
+  previous group's integers otherwise. Group k starts from group k-1's latents, so its residuals start at zero;
+- file: section "config" (JSON), "steps" (the float32 steps), and one "group/<k>" per group holding the range-coded
+  symbols under the learned Laplace (or a fitted Categorical when that is smaller), one model per tensor;
+- decoding frames A:B reads only the sections of the groups that hold them and of the groups back to their key
+  group (entropy decoding only: those groups are not rendered); rendering runs several groups in one batched pass
+  (grouped convolutions and batched matmuls), in fixed-size chunks so any range gives the full decode's frames.
+Encoding runs the shared fit loop (codec.fit.fit) once per group; --epochs is steps per group (the first group,
+fitted from scratch, gets FIRST_GROUP_FACTOR times as many); --max-time is split over groups the same way.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from typing import Any, Iterator
+
+import click
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bitstream import coder
+from bitstream.container import Reader, Writer
+from bitstream.errors import BitstreamError
+from bitstream.serial import ByteReader, ByteWriter
+from codec.device import device_name, pick_device, seed_everything
+from codec.errors import UserError
+from codec.fit import FitConfig, cpu_thread_limit, device_frames_psnr, fit, frames_to_device
+from codec.quant import QuantizedTensor, round_ste
+from codec.registry import Codec, register
+from codec.video.inr_codec import parse_frame_range
+from codec.video.layers import parse_size, solve_width
+
+VERSION = 1
+MAX_GROUP = 64
+FIRST_GROUP_FACTOR = 4          # the first group is fitted from scratch: this many times the steps of the others
+DEFAULT_STEPS = 150             # steps per group when neither --epochs nor --max-time is given
+DEFAULT_LAMBDA = 0.01           # MSE (frames in [0, 1]) + lambda * bits per pixel
+DEFAULT_LR = 3.0                # Adam step of the latents, in integer units (the first group; later ones half)
+INIT_LEVELS = 127               # initial step = init bound / 127: an 8-bit grid over the initial weights
+MAX_SYMBOL = (1 << 15) - 1      # integers are kept within 16-bit symmetric range (the shared quantiser's limit)
+STEP_LR = 2e-3                  # wanted Adam step of log(step) per iteration ...
+RATE_LR = 2e-2                  # ... and of log(Laplace scale): realised by reparametrisation (see GroupModel)
+MAX_CONFIG_BYTES = 1 << 16
+GRID_SIDE = 4                   # the feature grid the MLP emits is GRID_SIDE x GRID_SIDE per patch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config and geometry
+
+
+@dataclass
+class NirvanaConfig:
+    height: int
+    width: int
+    frames: int
+    group: int = 8
+    patch: int = 16
+    hidden: int = 64
+    layers: int = 3               # SIREN layers (the first takes the 2 coordinates)
+    channels: int = 16
+    omega: float = 10.0
+    key_every: int = 0            # 0: only the first group is a key group
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.height // self.patch), -(-self.width // self.patch)
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.frames // self.group)
+
+    @property
+    def ups(self) -> int:
+        return int(round(math.log2(self.patch // GRID_SIDE)))
+
+    def group_frames(self, k: int) -> tuple[int, int]:
+        return k * self.group, min((k + 1) * self.group, self.frames)
+
+    def is_key(self, k: int) -> bool:
+        return k == 0 or (self.key_every > 0 and k % self.key_every == 0)
+
+    def key_of(self, k: int) -> int:
+        return 0 if self.key_every == 0 else (k // self.key_every) * self.key_every
+
+    def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every stored tensor, in order: (name, shape)."""
+        h, c, s = self.hidden, self.channels, GRID_SIDE
+        out, c_in = [], 2
+        for i in range(self.layers):
+            out += [(f"siren.{i}.weight", (h, c_in)), (f"siren.{i}.bias", (h,))]
+            c_in = h
+        out += [("grid.weight", (c * s * s, h)), ("grid.bias", (c * s * s,))]
+        for i in range(self.ups):
+            out += [(f"up.{i}.weight", (4 * c, c, 3, 3)), (f"up.{i}.bias", (4 * c,))]
+        out += [("head.weight", (3 * self.group, c, 3, 3)), ("head.bias", (3 * self.group,))]
+        return out
+
+    def params(self) -> int:
+        return sum(math.prod(s) for _, s in self.tensor_shapes())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NirvanaConfig":
+        try:
+            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (TypeError, ValueError) as e:
+            raise BitstreamError(f"config section: bad NIRVANA config ({e})") from None
+        cfg.validate(BitstreamError)
+        return cfg
+
+    def validate(self, err=BitstreamError) -> None:
+        ints = [self.height, self.width, self.frames, self.group, self.patch, self.hidden, self.layers,
+                self.channels]
+        ok = (all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in ints)
+              and isinstance(self.key_every, int) and 0 <= self.key_every <= 1 << 16
+              and self.group <= MAX_GROUP and self.layers <= 16 and self.hidden <= 4096 and self.channels <= 1024
+              and self.patch in (8, 16, 32, 64)
+              and isinstance(self.omega, (int, float)) and 0 < self.omega <= 1000)
+        if not ok:
+            raise err("config section: NIRVANA config out of range" if err is BitstreamError
+                      else "NIRVANA options out of range")
+
+
+def default_patch(height: int, width: int) -> int:
+    """16-pixel patches up to SD, 32 above (about 100-1000 patches a frame either way)."""
+    return 16 if min(height, width) < 288 else 32
+
+
+def config_for_size(base: NirvanaConfig, size: float) -> NirvanaConfig:
+    """The config with `size` parameters per group network: SIREN width h solved, feature channels h // 4."""
+    def make(h: int) -> NirvanaConfig:
+        return replace(base, hidden=h, channels=max(4, h // 4))
+
+    h = solve_width(lambda v: make(v).params(), size, 64, "NIRVANA group network")
+    cfg = make(h)
+    if abs(cfg.params() - size) > 0.1 * size:
+        raise UserError(f"--size {size:.0f}: the nearest NIRVANA group network has {cfg.params()} parameters "
+                        f"(the smallest {make(1).params()})")
+    return cfg
+
+
+def default_size(height: int, width: int, group: int) -> float:
+    """Parameters per group network when --size is not given: about 0.1 per pixel of a group, 10k..400k."""
+    return float(min(max(0.1 * group * height * width, 10e3), 400e3))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the network: a function of its weights, for K groups at once (K = 1 when fitting)
+
+
+def patch_coords(cfg: NirvanaConfig, device) -> torch.Tensor:
+    """[N, 2] centre of each patch in [-1, 1], row-major over the patch grid."""
+    gh, gw = cfg.grid
+    y = (torch.arange(gh, dtype=torch.float32, device=device) + 0.5) / gh * 2 - 1
+    x = (torch.arange(gw, dtype=torch.float32, device=device) + 0.5) / gw * 2 - 1
+    return torch.stack(torch.meshgrid(y, x, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def run_network(cfg: NirvanaConfig, ws: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    """Weights of K groups (each tensor with a leading K) -> frames [K, G, 3, height, width] in [0, 1].
+
+    All patches go through in one pass: the MLP as batched matmuls over [K, N, features], the convolutions as one
+    grouped convolution over [N, K * channels, p, p], so K groups cost one call per layer."""
+    k, n = ws[0].shape[0], coords.shape[0]
+    c, s, G, P = cfg.channels, GRID_SIDE, cfg.group, cfg.patch
+    x = coords.expand(k, n, 2)
+    i = 0
+    for _ in range(cfg.layers):
+        w, b = ws[i], ws[i + 1]
+        x = torch.sin(cfg.omega * torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)))
+        i += 2
+    w, b = ws[i], ws[i + 1]
+    i += 2
+    x = F.gelu(torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)))            # [K, N, c*s*s]
+    x = x.view(k, n, c, s, s).transpose(0, 1).reshape(n, k * c, s, s)
+    for _ in range(cfg.ups):
+        w, b = ws[i], ws[i + 1]
+        i += 2
+        x = F.conv2d(x, w.reshape(k * 4 * c, c, 3, 3), b.reshape(-1), padding=1, groups=k)
+        x = F.gelu(F.pixel_shuffle(x, 2))
+    w, b = ws[i], ws[i + 1]
+    x = F.conv2d(x, w.reshape(k * 3 * G, c, 3, 3), b.reshape(-1), padding=1, groups=k)
+    x = torch.tanh(x) * 0.5 + 0.5                                             # [N, K*G*3, P, P]
+    gh, gw = cfg.grid
+    x = x.view(gh, gw, k, G, 3, P, P).permute(2, 3, 4, 0, 5, 1, 6).reshape(k, G, 3, gh * P, gw * P)
+    return x[..., : cfg.height, : cfg.width]
+
+
+def init_weights(cfg: NirvanaConfig, gen: torch.Generator) -> list[torch.Tensor]:
+    """SIREN init for the sine layers (first U(-1/in, 1/in), then U(+-sqrt(6/in)/omega)), PyTorch's default
+    U(+-1/sqrt(fan_in)) for the rest; biases U(+-1/sqrt(fan_in)) everywhere."""
+    out = []
+    for name, shape in cfg.tensor_shapes():
+        layer = name.rsplit(".", 1)[0]
+        fan_in = {n: math.prod(s[1:]) for n, s in cfg.tensor_shapes() if n.endswith("weight")}[layer + ".weight"]
+        if name.endswith("weight") and name.startswith("siren."):
+            bound = 1.0 / fan_in if name == "siren.0.weight" else math.sqrt(6.0 / fan_in) / cfg.omega
+        else:
+            bound = 1.0 / math.sqrt(fan_in)
+        out.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rate
+
+
+_LN2 = math.log(2.0)
+
+
+def laplace_bits(r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """-log2 P(r) summed, for integer-valued r under Laplace(0, b) integrated over [r - 1/2, r + 1/2].
+
+    P(0) = 1 - exp(-1/(2b)); P(r) = exp(-(|r| - 1/2)/b) (1 - exp(-1/b)) / 2 for |r| >= 1, which is smooth in |r|, so
+    the straight-through gradient of a non-zero residual is 1/b (an L1 pull towards the previous group)."""
+    a = r.abs()
+    log_p0 = torch.log(-torch.expm1(-0.5 / b))
+    log_pr = -(a - 0.5) / b + math.log(0.5) + torch.log(-torch.expm1(-1.0 / b))
+    return -torch.where(a < 0.5, log_p0, log_pr).sum() / _LN2
+
+
+class GroupModel(nn.Module):
+    """The network of one group while it is fitted: model(idx, frames) -> its frames idx (the fit loop's contract).
+
+    Parameters (what Adam moves, all at the fit's one learning rate, in integer units for the latents): the latents;
+    u and v with step = step0 * exp(STEP_LR / lr * u) and Laplace scale b = b0 * exp(RATE_LR / lr * v), so that one
+    Adam step moves log(step) by about STEP_LR and log(b) by about RATE_LR whatever the latents' rate is."""
+
+    def __init__(self, cfg: NirvanaConfig, latents: list[torch.Tensor], steps: torch.Tensor, rate_scales: torch.Tensor,
+                 reference: list[torch.Tensor] | None, lr: float, learn_steps: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.latents = nn.ParameterList([nn.Parameter(t.clone().float()) for t in latents])
+        self.register_buffer("step0", steps.clone().float())
+        self.register_buffer("b0", rate_scales.clone().float())
+        self.u = nn.Parameter(torch.zeros(len(latents)), requires_grad=learn_steps)
+        self.v = nn.Parameter(torch.zeros(len(latents)))
+        self.has_reference = reference is not None      # key groups code integers, the others residuals
+        for i, r in enumerate(reference or []):
+            self.register_buffer(f"ref{i}", r.float())
+        self.step_mult, self.rate_mult = STEP_LR / lr, RATE_LR / lr
+        self.register_buffer("coords", patch_coords(cfg, "cpu"), persistent=False)
+
+    def steps(self) -> torch.Tensor:
+        return self.step0 * torch.exp(self.step_mult * self.u)
+
+    def rate_scales(self) -> torch.Tensor:
+        return (self.b0 * torch.exp(self.rate_mult * self.v)).clamp_min(0.02)
+
+    def weights(self) -> list[torch.Tensor]:
+        st = self.steps()
+        return [(st[i] * round_ste(t))[None] for i, t in enumerate(self.latents)]
+
+    def forward(self, idx: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        out = run_network(self.cfg, self.weights(), self.coords)[0]
+        return out.index_select(0, idx)
+
+    def rate_bits(self) -> torch.Tensor:
+        b = self.rate_scales()
+        total = b.new_zeros(())
+        for i, t in enumerate(self.latents):
+            r = round_ste(t)
+            if self.has_reference:
+                r = r - getattr(self, f"ref{i}")
+            total = total + laplace_bits(r, b[i])
+        return total
+
+    def integers(self) -> list[np.ndarray]:
+        return [torch.round(t.detach()).clamp(-MAX_SYMBOL, MAX_SYMBOL).to("cpu", torch.int32).numpy()
+                for t in self.latents]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# group sections: the integers (or their residuals), range-coded under per-tensor models
+
+_MODEL_LAPLACE, _MODEL_CATEGORICAL = 1, 2
+
+
+def encode_group(symbols: list[np.ndarray], scales: np.ndarray) -> bytes:
+    """Per tensor: the learned Laplace(0, b) on the symbols' [min, max], or the fitted Categorical if cheaper."""
+    w = ByteWriter()
+    w.varint(len(symbols))
+    enc = coder.RangeEncoder()
+    for s, b in zip(symbols, scales):
+        s = s.ravel()
+        lo, hi = int(s.min()), int(s.max())
+        lap = coder.QuantizedLaplace(lo, hi, 0.0, float(max(b, 0.02)))
+        cat = coder.Categorical.fit(s)
+        options = [(_MODEL_LAPLACE, lap), (_MODEL_CATEGORICAL, cat)]
+        kind, model = min(options, key=lambda m: 8 * len(m[1].to_bytes()) + m[1].ideal_bits(s))
+        w.u8(kind)
+        model.write(w)
+        enc.encode(s, model)
+    w.bytes_(enc.to_bytes())
+    return w.getvalue()
+
+
+def decode_group(data: bytes, shapes: list[tuple[int, ...]], what: str) -> list[np.ndarray]:
+    r = ByteReader(data, what=what)
+    n = r.varint(4096)
+    if n != len(shapes):
+        raise BitstreamError(f"{what}: {n} tensors, the network has {len(shapes)}")
+    models = []
+    for shape in shapes:
+        kind = r.u8()
+        if kind == _MODEL_LAPLACE:
+            model = coder.QuantizedLaplace.from_bytes(r, max_elements=1)
+            if model.n is not None:
+                raise BitstreamError(f"{what}: Laplace parameters must be scalars")
+            span = (model.lo, model.hi)
+        elif kind == _MODEL_CATEGORICAL:
+            model = coder.Categorical.from_bytes(r, max_elements=4 * MAX_SYMBOL + 1)
+            span = (model.min_symbol, model.max_symbol)
+        else:
+            raise BitstreamError(f"{what}: unknown entropy model {kind}")
+        if span[0] < -2 * MAX_SYMBOL or span[1] > 2 * MAX_SYMBOL:
+            raise BitstreamError(f"{what}: symbols outside the 16-bit range")
+        models.append(model)
+    payload = r.bytes_(max_len=3 * sum(math.prod(s) for s in shapes) + 8)
+    r.expect_end()
+    dec = coder.RangeDecoder(payload)
+    return [dec.decode(m, math.prod(s)).reshape(s) for m, s in zip(models, shapes)]
+
+
+def dequantize(q: list[np.ndarray], steps: np.ndarray) -> list[torch.Tensor]:
+    """step * integer in float32 through the shared quantiser's dequantisation (identical on every device)."""
+    return [QuantizedTensor(qi.astype(np.int32), np.float32(st), np.float32(0), 16, None, True).dequantize()
+            for qi, st in zip(q, steps)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading a file
+
+
+def decode_chunk_groups(device: torch.device) -> int:
+    """Groups per rendering call. Fixed per device type (not per request): every group is rendered in the same
+    batch shape whatever range is asked for, so a partial decode gives exactly the full decode's frames."""
+    return 8 if device.type == "cuda" else 2
+
+
+class LoadedFile:
+    """A NIRVANA file's config and steps; group weights are decoded on demand, only for the groups asked for."""
+
+    def __init__(self, reader: Reader, device: torch.device):
+        if reader.codec != NirvanaCodec.name:
+            raise BitstreamError(f"this is a {reader.codec!r} file, not 'nirvana'")
+        if reader.codec_version != VERSION:
+            raise BitstreamError(f"nirvana version {reader.codec_version} is not supported (this ncodec reads "
+                                 f"version {VERSION})")
+        reader.require_known(lambda n: n in ("config", "steps") or n.startswith("group/"))
+        raw = reader.payload("config")
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise BitstreamError("config section is too large")
+        try:
+            conf = json.loads(raw.decode("utf-8"))
+            model = conf["model"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise BitstreamError("config section is not a valid NIRVANA config") from None
+        if not isinstance(model, dict):
+            raise BitstreamError("config section is not a valid NIRVANA config")
+        self.cfg = NirvanaConfig.from_dict(model)
+        h = reader.header
+        if (h.get("kind") != "video" or h.get("width") != self.cfg.width or h.get("height") != self.cfg.height
+                or h.get("frames") != self.cfg.frames):
+            raise BitstreamError("header and config section disagree on the video size")
+        self.fps = Fraction(int(h["fps_num"]), int(h["fps_den"]))
+        self.shapes = [s for _, s in self.cfg.tensor_shapes()]
+        sr = ByteReader(reader.payload("steps"), what="steps section")
+        self.steps = sr.array(max_elements=len(self.shapes))
+        sr.expect_end()
+        if (self.steps.dtype != np.float32 or self.steps.shape != (len(self.shapes),)
+                or not (np.isfinite(self.steps).all() and (self.steps > 0).all())):
+            raise BitstreamError("steps section: expected one finite positive float32 per tensor")
+        self.reader, self.device = reader, device
+        self.coords = patch_coords(self.cfg, device)
+        self.sections_read: list[int] = []
+
+    def integers(self, groups: list[int]) -> dict[int, list[np.ndarray]]:
+        """Integer weights of `groups` (sorted), reading each needed section once: a group's chain goes back to its
+        key group (residual coding), and nothing else is read."""
+        out: dict[int, list[np.ndarray]] = {}
+        cur_k, cur = None, None
+        for g in sorted(set(groups)):
+            key = self.cfg.key_of(g)
+            if cur_k is None or cur_k < key:
+                start, cur = key, None            # start the chain at the group's key group
+            else:
+                start = cur_k + 1                 # continue the chain decoded for an earlier group
+            for k in range(start, g + 1):
+                name = f"group/{k}"
+                if not self.reader.has(name):
+                    raise BitstreamError(f"section {name!r} is missing from this nirvana file")
+                sym = decode_group(self.reader.payload(name), self.shapes, f"section {name!r}")
+                self.sections_read.append(k)
+                if self.cfg.is_key(k):
+                    cur = sym
+                else:
+                    if cur is None:
+                        raise BitstreamError(f"section {name!r} has no reference group")
+                    cur = [a + b for a, b in zip(cur, sym)]
+                if any(np.abs(t).max(initial=0) > MAX_SYMBOL for t in cur):
+                    raise BitstreamError(f"section {name!r}: weights leave the 16-bit range")
+                cur_k = k
+            out[g] = cur
+        return out
+
+    def render(self, start: int = 0, stop: int | None = None, chunk: int | None = None
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first frame, uint8 [n, H, W, 3] on the device) for frames start..stop, group chunk by group chunk."""
+        cfg = self.cfg
+        stop = cfg.frames if stop is None else stop
+        g0, g1 = start // cfg.group, (stop - 1) // cfg.group
+        groups = list(range(g0, g1 + 1))
+        q = self.integers(groups)
+        chunk = chunk or decode_chunk_groups(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        with torch.inference_mode():
+            for c0 in range(0, len(groups), chunk):
+                part = groups[c0:c0 + chunk]
+                ws = [dequantize(q[g], self.steps) for g in part]
+                ws += [ws[-1]] * (chunk - len(part))             # always the same batch shape (see above)
+                stacked = [torch.stack(t).to(self.device) for t in zip(*ws)]
+                frames = run_network(cfg, stacked, self.coords)[: len(part)]
+                frames = frames.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
+                for j, g in enumerate(part):
+                    a, b = cfg.group_frames(g)
+                    lo, hi = max(a, start), min(b, stop)
+                    yield lo, frames[j, lo - a: hi - a]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the codec
+
+
+def _opt(opts, key, default):
+    v = opts.get(key)
+    return default if v is None else v
+
+
+def write_file(path: str, cfg: NirvanaConfig, fps: Fraction, steps: np.ndarray, groups: list[bytes]) -> bytes:
+    header = {"kind": "video", "width": cfg.width, "height": cfg.height, "frames": cfg.frames,
+              "fps_num": fps.numerator, "fps_den": fps.denominator, "pix_fmt": "rgb24"}
+    w = Writer(NirvanaCodec.name, VERSION, header)
+    w.add_section("config", json.dumps({"model": cfg.to_dict()}, separators=(",", ":")).encode())
+    sw = ByteWriter()
+    sw.array(np.asarray(steps, np.float32))
+    w.add_section("steps", sw.getvalue())
+    for k, payload in enumerate(groups):
+        w.add_section(f"group/{k}", payload)
+    data = w.to_bytes()
+    w.write(path)
+    return data
+
+
+@register
+class NirvanaCodec(Codec):
+    name = "nirvana"
+    kind = "video"
+    version = VERSION
+    description = "NIRVANA: per-group patch networks, autoregressive, quantisation- and rate-aware (Maiya et al. 2023)"
+    encode_options = [
+        click.Option(["--group"], type=int, default=None, help="NIRVANA: frames per group network (default 8)."),
+        click.Option(["--lambda", "lmbda"], type=float, default=None,
+                     help=f"NIRVANA: rate weight, loss = MSE + lambda * bpp (default {DEFAULT_LAMBDA}; "
+                          "higher = smaller file)."),
+        click.Option(["--patch"], type=int, default=None,
+                     help="NIRVANA: patch side, 8/16/32/64 (default 16 below 288 lines, else 32)."),
+        click.Option(["--key-every"], type=int, default=None,
+                     help="NIRVANA: every Nth group is coded without reference (bounds random-access cost; "
+                          "default 0 = only the first)."),
+    ]
+
+    # -- encode
+
+    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
+        from codec.video import metrics
+        from codec.video.io import read_video
+
+        if len(inputs) != 1:
+            raise UserError(f"nirvana encodes one video at a time, got {len(inputs)} inputs")
+        group = int(_opt(opts, "group", 8))
+        if not 1 <= group <= MAX_GROUP:
+            raise UserError(f"--group must be in 1..{MAX_GROUP}, got {group}")
+        key_every = int(_opt(opts, "key_every", 0))
+        if key_every < 0:
+            raise UserError(f"--key-every must be >= 0, got {key_every}")
+        lam = opts.get("lmbda")
+        target_bpp = opts.get("bpp")
+        if lam is not None and target_bpp is not None:
+            raise UserError("give --lambda or --bpp, not both")
+        lam = float(DEFAULT_LAMBDA if lam is None else lam)
+        if not (math.isfinite(lam) and lam >= 0):
+            raise UserError(f"--lambda must be >= 0, got {lam}")
+        patch = opts.get("patch")
+        if patch is not None and patch not in (8, 16, 32, 64):
+            raise UserError(f"--patch must be 8, 16, 32 or 64, got {patch}")
+        if opts.get("resume"):
+            raise UserError("nirvana fits one short network per group: --resume is not supported")
+        lr = float(_opt(opts, "lr", DEFAULT_LR))
+        if not lr > 0:
+            raise UserError("--lr must be positive")
+        size = parse_size(opts.get("size"))
+        epochs, max_time = opts.get("epochs"), opts.get("max_time")
+        if epochs is None and max_time is None:
+            epochs = DEFAULT_STEPS
+
+        clip = read_video(inputs[0], frames=opts.get("frames"), crop=opts.get("crop"))
+        T, H, Wd = clip.num_frames, clip.height, clip.width
+        device = pick_device(opts.get("device", "auto"))
+        seed = int(opts.get("seed") or 0)
+        base = NirvanaConfig(H, Wd, T, group=group, patch=patch or default_patch(H, Wd), key_every=key_every)
+        cfg = config_for_size(base, size if size is not None else default_size(H, Wd, group))
+        cfg.validate(UserError)
+
+        gen = seed_everything(seed)
+        data = frames_to_device(clip.frames, device)
+        n_groups = cfg.num_groups
+        weights = [FIRST_GROUP_FACTOR if k == 0 else 1 for k in range(n_groups)]
+        init = init_weights(cfg, gen)
+        steps = torch.tensor([float(t.abs().max()) / INIT_LEVELS for t in init]).clamp_min(1e-8)
+        latents = [t / s for t, s in zip(init, steps)]
+        prev_q: list[np.ndarray] | None = None
+        payloads, group_bits, lams, fit_seconds, fit_psnr = [], [], [], 0.0, []
+        spent_bits, overhead_bits = 0.0, 8.0 * 600          # container, config and steps, roughly
+        for k in range(n_groups):
+            a, b = cfg.group_frames(k)
+            key = cfg.is_key(k)
+            ref = None if key else [torch.from_numpy(q).float().to(device) for q in prev_q]
+            pixels = (b - a) * H * Wd
+            group_lr = lr if k == 0 else lr / 2                   # later groups start converged
+            # Laplace scales start at the symbols' mean magnitude for integers, at 1 for residuals
+            rate_scales = (torch.tensor([float(t.abs().mean()) + 1.0 for t in latents]) if key
+                           else torch.ones(len(latents)))
+            model = GroupModel(cfg, latents, steps, rate_scales, ref, group_lr, learn_steps=(k == 0)).to(device)
+
+            def loss(out, target, model=model, pixels=pixels, lam=lam):
+                return F.mse_loss(out, target) + lam * model.rate_bits() / pixels
+
+            share = weights[k] / sum(weights)
+            fcfg = FitConfig(epochs=None if epochs is None else epochs * weights[k],
+                             max_time=None if max_time is None else max_time * share,
+                             batch_size=b - a, lr=group_lr, warmup=0.1 if k == 0 else 0.0,
+                             loss=loss, device=device, compile=False, seed=seed + k, log_every=10,
+                             desc=f"nirvana group {k + 1}/{n_groups}")
+            res = fit(model, data[a:b], fcfg)
+            fit_seconds += res.seconds
+            fit_psnr.append(res.psnr)
+            q = model.integers()
+            symbols = q if key else [x - y for x, y in zip(q, prev_q)]
+            payload = encode_group(symbols, model.rate_scales().detach().cpu().numpy())
+            payloads.append(payload)
+            group_bits.append(8 * len(payload))
+            lams.append(lam)
+            if k == 0:
+                steps = model.steps().detach().float().cpu()      # learned in the first group, fixed after
+            latents = [t.detach().cpu() for t in model.latents]
+            prev_q = q
+            if target_bpp is not None:
+                # rate control: compare the bits spent with the budget so far, move lambda towards it
+                spent_bits += group_bits[-1]
+                budget = target_bpp * b * H * Wd - overhead_bits
+                ratio = spent_bits / max(budget, 1.0)
+                lam = float(min(max(lam * ratio ** 2, lam / 4), lam * 4)) if lam > 0 else DEFAULT_LAMBDA * ratio
+        file_bytes = write_file(output, cfg, clip.fps, steps.numpy().astype(np.float32), payloads)
+
+        # decode the file as `ncodec decode` will, and measure it
+        t0 = time.perf_counter()
+        loaded = LoadedFile(Reader.from_bytes(file_bytes), device)
+        decoded = np.empty_like(clip.frames)
+        psnrs = []
+        with cpu_thread_limit(device):
+            for first, batch in loaded.render():
+                n = batch.shape[0]
+                psnrs.append(device_frames_psnr(data[first:first + n].permute(0, 2, 3, 1), batch).cpu())
+                decoded[first:first + n] = batch.cpu().numpy()
+        decode_seconds = time.perf_counter() - t0
+        per_frame = torch.cat(psnrs).numpy()
+        group_psnr = [float(per_frame[a:b].mean()) for a, b in (cfg.group_frames(k) for k in range(n_groups))]
+        return {
+            "file": str(output), "bytes": len(file_bytes),
+            "bpp": metrics.bpp(len(file_bytes), T, H, Wd),
+            "psnr": float(per_frame.mean()),
+            "ms_ssim": float(metrics.ms_ssim(clip.frames, decoded, device=device)),
+            "fit_seconds": round(fit_seconds, 2), "device": device_name(device),
+            "params": cfg.params(), "groups": n_groups, "group": cfg.group, "patch": cfg.patch,
+            "hidden": cfg.hidden, "channels": cfg.channels, "key_every": cfg.key_every,
+            "lambda": lams[0] if lams else lam,
+            "frames": T, "height": H, "width": Wd,
+            "decode_fps": round(T / max(decode_seconds, 1e-9), 1),
+            "group_bits": group_bits, "group_psnr": [round(p, 3) for p in group_psnr],
+            "group_lambda": lams, "group_fit_psnr": [round(p, 3) for p in fit_psnr],
+        }
+
+    # -- decode
+
+    def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+        from codec.video.io import open_writer
+
+        if reader.has("segments"):     # a --segment file: codec/distributed.py stitches its segments
+            from codec.distributed import decode_segmented
+            return decode_segmented(self, reader, output, opts)
+        device = pick_device(opts.get("device", "auto"))
+        t0 = time.perf_counter()
+        loaded = LoadedFile(reader, device)
+        a, b = parse_frame_range(opts.get("frames"), loaded.cfg.frames)
+        n = 0
+        t1 = time.perf_counter()
+        with cpu_thread_limit(device):
+            if output:
+                with open_writer(output, loaded.cfg.width, loaded.cfg.height, loaded.fps) as out:
+                    for _, batch in loaded.render(a, b):
+                        out.write(batch.cpu().numpy())
+                        n += batch.shape[0]
+            else:
+                for _, batch in loaded.render(a, b):
+                    n += batch.shape[0]
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        return {"frames": n, "width": loaded.cfg.width, "height": loaded.cfg.height,
+                "fps": round(n / max(t2 - t1, 1e-9), 1), "seconds": round(t2 - t0, 3),
+                "groups_read": sorted(set(loaded.sections_read)),
+                "output": output or "(none: decoded and discarded)", "device": device_name(device)}
+
+    def info(self, reader: Reader) -> dict[str, Any]:
+        if reader.has("segments"):
+            from codec.distributed import segmented_info
+            return segmented_info(reader)
+        try:
+            loaded = LoadedFile(reader, torch.device("cpu"))
+        except BitstreamError as e:
+            return {"model": f"unreadable ({e})"}
+        c = loaded.cfg
+        return {"model": "nirvana", "groups": c.num_groups, "group": c.group, "patch": c.patch,
+                "hidden": c.hidden, "channels": c.channels, "layers": c.layers, "params_per_group": c.params(),
+                "key_every": c.key_every, "bpp": reader.file_size * 8 / (c.frames * c.height * c.width)}

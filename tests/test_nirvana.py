@@ -1,0 +1,165 @@
+"""nirvana codec: CLI round trip, per-group sections and range decoding, groups initialised from the previous
+group, rate control by --lambda, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import codec.video.nirvana as nirvana
+from bitstream.container import Reader
+from cli.main import main
+from codec.video import metrics
+from codec.video.io import read_video, write_video
+from tests.videos import moving_gradients
+
+T, H, W, G = 10, 32, 48, 4        # 10 frames in groups of 4: the last group holds 2
+FAST = ["--codec", "nirvana", "--device", "cpu", "--group", str(G), "--epochs", "3", "--size", "3k", "--patch", "16"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def decode_frames(path, frames=None):
+    loaded = nirvana.LoadedFile(Reader.from_path(path), torch.device("cpu"))
+    parts = [b for _, b in loaded.render(*(frames or (0, loaded.cfg.frames)))]
+    return torch.cat(parts).numpy(), loaded
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("clip") / "clip.mkv"
+    write_video(p, moving_gradients(T, H, W), fps=25)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def encoded(clip_path, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("enc") / "clip.ncb")
+    code = main(["encode", clip_path, "-o", out, *FAST, "--json"])
+    assert code == 0
+    return out
+
+
+def test_cli_round_trip_and_psnr(clip_path, tmp_path, capsys):
+    out = str(tmp_path / "c.ncb")
+    code, stdout, err = run_cli(["encode", clip_path, "-o", out, *FAST, "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["groups"] == 3 and len(summary["group_bits"]) == 3
+    assert summary["bytes"] == len(open(out, "rb").read())
+    dec = str(tmp_path / "d.mkv")
+    code, stdout, err = run_cli(["decode", out, "-o", dec, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["frames"] == T
+    decoded, original = read_video(dec).frames, read_video(clip_path).frames
+    assert decoded.shape == original.shape == (T, H, W, 3)          # 10 frames, not a multiple of 4
+    assert metrics.psnr(original, decoded)[0] == pytest.approx(summary["psnr"], abs=1e-9)
+    info = Reader.from_path(out)
+    assert info.names("group/") == ["group/0", "group/1", "group/2"]
+
+
+def test_range_decode_reads_only_needed_groups(encoded, tmp_path, capsys):
+    full, _ = decode_frames(encoded)
+    part, loaded = decode_frames(encoded, (5, 7))
+    assert np.array_equal(part, full[5:7])
+    assert sorted(set(loaded.sections_read)) == [0, 1]             # group 1 and the chain back to its key group
+    # damage group 2's section: frames of groups 0-1 still decode, exactly as before; group 2's do not
+    data = bytearray(open(encoded, "rb").read())
+    sec = Reader.from_bytes(bytes(data)).section("group/2")
+    data[sec.offset + sec.length // 2] ^= 0xFF
+    bad = tmp_path / "bad.ncb"
+    bad.write_bytes(bytes(data))
+    part, _ = decode_frames(str(bad), (2, 8))
+    assert np.array_equal(part, full[2:8])
+    code, _, err = run_cli(["decode", str(bad), "--frames", "2:8", "-o", str(tmp_path / "p.mkv")], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["decode", str(bad), "--frames", "7:10"], capsys)
+    assert code == 2 and "group/2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_key_groups_bound_the_chain(clip_path, tmp_path, capsys):
+    out = str(tmp_path / "k.ncb")
+    assert main(["encode", clip_path, "-o", out, *FAST, "--key-every", "2"]) == 0
+    capsys.readouterr()
+    full, _ = decode_frames(out)
+    data = bytearray(open(out, "rb").read())
+    sec = Reader.from_bytes(bytes(data)).section("group/0")
+    data[sec.offset + sec.length // 2] ^= 0xFF
+    bad = tmp_path / "bad.ncb"
+    bad.write_bytes(bytes(data))
+    part, loaded = decode_frames(str(bad), (8, 10))                # group 2 is a key group: group 0 is not read
+    assert np.array_equal(part, full[8:10]) and loaded.sections_read == [2]
+
+
+def test_group_starts_from_previous_group(clip_path, tmp_path, monkeypatch):
+    seen = []
+    real_fit = nirvana.fit
+
+    def spy(model, frames, cfg):
+        before = [torch.round(t.detach()).clone() for t in model.latents]
+        result = real_fit(model, frames, cfg)
+        seen.append((before, [torch.round(t.detach()).clone() for t in model.latents]))
+        return result
+
+    monkeypatch.setattr(nirvana, "fit", spy)
+    opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=3, max_time=None, size="3k", bpp=None,
+                resume=False, group=G)
+    nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / "s.ncb"), opts)
+    assert len(seen) == 3
+    for k in (1, 2):
+        init_k, final_prev = seen[k][0], seen[k - 1][1]
+        assert all(torch.equal(a, b) for a, b in zip(init_k, final_prev))
+        assert any(not torch.equal(a, b) for a, b in zip(seen[k][1], init_k))   # and it was then fitted
+
+
+def test_higher_lambda_gives_smaller_file(clip_path, tmp_path):
+    sizes = []
+    for lam in (0.0, 1.0):
+        opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=4, max_time=None, size="3k", bpp=None,
+                    resume=False, group=G, lmbda=lam)
+        sizes.append(nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / f"{lam}.ncb"), opts)["bytes"])
+    assert sizes[1] < sizes[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--group", "0"], "--group"),
+    (["--lambda", "-1"], "--lambda"),
+    (["--patch", "12"], "--patch"),
+    (["--lambda", "0.1", "--bpp", "0.5"], "--bpp"),
+])
+def test_bad_encode_options(clip_path, tmp_path, capsys, args, words):
+    opts = [a for a in FAST if a not in ("--group", str(G))] if "--group" in args else FAST
+    code, _, err = run_cli(["encode", clip_path, "-o", str(tmp_path / "x.ncb"), *opts, *args], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("frames", ["5:3", "0:99", "a:b"])
+def test_bad_frame_range(encoded, capsys, frames):
+    code, _, err = run_cli(["decode", encoded, "--frames", frames], capsys)
+    assert code == 2 and "--frames" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bpp_target_steers_lambda(clip_path, tmp_path):
+    opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=2, max_time=None, size="3k", bpp=0.5,
+                resume=False, group=G)
+    s = nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / "b.ncb"), opts)
+    lams = s["group_lambda"]
+    assert lams[0] == nirvana.DEFAULT_LAMBDA and lams[1] > lams[0]    # over budget after group 0: rate costs more
+
+
+def test_rate_proxy_matches_the_coder():
+    rng = np.random.default_rng(0)
+    r = np.rint(rng.laplace(0, 3.0, 20000)).astype(np.int32)
+    proxy = float(nirvana.laplace_bits(torch.from_numpy(r).float(), torch.tensor(3.0)))
+    from bitstream import coder
+    coded = coder.QuantizedLaplace(int(r.min()), int(r.max()), 0.0, 3.0).ideal_bits(r)
+    assert proxy == pytest.approx(coded, rel=0.01)
+    # and the group payload round-trips
+    shapes = [(50, 4), (7,)]
+    syms = [rng.integers(-5, 6, s).astype(np.int32) for s in shapes]
+    back = nirvana.decode_group(nirvana.encode_group(syms, np.array([2.0, 0.5])), shapes, "test")
+    assert all(np.array_equal(a, b) for a, b in zip(syms, back))
