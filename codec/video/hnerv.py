@@ -7,7 +7,7 @@ with a floor of 12, GELU, 3x3 head, output tanh*0.5+0.5, encoder width 64.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -15,14 +15,15 @@ import torch.nn.functional as F
 
 from bitstream.errors import BitstreamError
 from codec.errors import UserError
-from codec.video.layers import (ConvNeXtBlock, Geometry, LayerNorm2d, OutputHead, UpBlock, choose_geometry,
-                                meta_count, solve_width)
+from codec.video.layers import (ConvNeXtBlock, Geometry, LayerNorm2d, OutputHead, UpBlock, UpsamplingConfig,
+                                choose_geometry, meta_count, solve_width)
 
 SIZE_TOLERANCE = 0.05   # a solved model's parameter count lands within 5% of the asked size
 
 
 @dataclass
-class HNeRVConfig:
+class HNeRVConfig(UpsamplingConfig):
+    label = "HNeRV"
     """Everything the decoder needs to rebuild the network (stored in the .ncb config section)."""
     height: int
     width: int
@@ -54,25 +55,6 @@ class HNeRVConfig:
     @property
     def embed_values(self) -> int:
         return self.frames * self.embed_dim * self.grid_h * self.grid_w
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        d = math.prod(self.strides)
-        return self.grid_h * d, self.grid_w * d
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"], d["kernels"] = list(self.strides), list(self.kernels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HNeRVConfig":
-        try:
-            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (TypeError, ValueError, KeyError) as e:
-            raise BitstreamError(f"config section: bad HNeRV config ({e})") from None
-        cfg.validate()
-        return cfg
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.embed_dim,

@@ -8,16 +8,52 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitstream.errors import BitstreamError
 from codec.errors import UserError
 
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+
+
+
+class StoredConfig:
+    """Base of the INR config dataclasses: the dict the file's config section holds, checked when read back.
+
+    Subclasses are dataclasses that set `label` (named in errors) and implement `validate()`, which raises
+    BitstreamError for values out of range: a config comes from an untrusted file.
+    """
+
+    label = "model"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        try:
+            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (TypeError, ValueError, KeyError) as e:
+            raise BitstreamError(f"config section: bad {cls.label} config ({e})") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+
+class UpsamplingConfig(StoredConfig):
+    """A config whose network starts from a grid_h x grid_w grid and upsamples it by the product of `strides`."""
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        d = math.prod(self.strides)
+        return self.grid_h * d, self.grid_w * d
 
 
 def activation(name: str) -> nn.Module:

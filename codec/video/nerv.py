@@ -7,20 +7,22 @@ first block C wide and each later one max(C_in // 2, lower_width); 1x1 head, out
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
 from bitstream.errors import BitstreamError
 from codec.errors import UserError
-from codec.video.layers import OutputHead, PositionalEncoding, UpBlock, choose_geometry, meta_count, solve_width
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, choose_geometry,
+                                meta_count, solve_width)
 
 SIZE_TOLERANCE = 0.05
 
 
 @dataclass
-class NeRVConfig:
+class NeRVConfig(UpsamplingConfig):
+    label = "NeRV"
     height: int
     width: int
     frames: int
@@ -46,25 +48,6 @@ class NeRVConfig:
             c = self.fc_dim if i == 0 else max(c // self.reduce, self.lower_width)
             out.append(c)
         return out
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        d = math.prod(self.strides)
-        return self.grid_h * d, self.grid_w * d
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NeRVConfig":
-        try:
-            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (TypeError, ValueError, KeyError) as e:
-            raise BitstreamError(f"config section: bad NeRV config ({e})") from None
-        cfg.validate()
-        return cfg
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.pe_levels,

@@ -22,8 +22,7 @@ Compression, file format and decoding are NeRV's (codec/video/inr_codec.py, the 
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -33,7 +32,8 @@ from bitstream.errors import BitstreamError
 from codec.errors import UserError
 from codec.registry import register
 from codec.video.inr_codec import FAMILIES, Family, INRVideoCodec
-from codec.video.layers import OutputHead, PositionalEncoding, UpBlock, choose_geometry, meta_count, solve_width
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, choose_geometry,
+                                meta_count, solve_width)
 
 SIZE_TOLERANCE = 0.05
 PAPER_LOWER_WIDTH = 80
@@ -42,7 +42,8 @@ SIZE_ALIASES = {"XS": 1.90e6, "S": 3.38e6, "M": 6.38e6, "L": 12.55e6}
 
 
 @dataclass
-class NeRVPPConfig:
+class NeRVPPConfig(UpsamplingConfig):
+    label = "NeRV++"
     height: int
     width: int
     frames: int
@@ -65,25 +66,6 @@ class NeRVPPConfig:
             c = self.fc_dim if i == 0 else max(c // self.reduce, self.lower_width)
             out.append(c)
         return out
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        d = math.prod(self.strides)
-        return self.grid_h * d, self.grid_w * d
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NeRVPPConfig":
-        try:
-            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (TypeError, ValueError, KeyError) as e:
-            raise BitstreamError(f"config section: bad NeRV++ config ({e})") from None
-        cfg.validate()
-        return cfg
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.lower_width,

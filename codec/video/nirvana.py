@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -46,7 +46,7 @@ from codec.fit import FitConfig, cpu_thread_limit, device_frames_psnr, fit, fram
 from codec.quant import QuantizedTensor, round_ste
 from codec.registry import Codec, register
 from codec.video.inr_codec import parse_frame_range
-from codec.video.layers import parse_size, solve_width
+from codec.video.layers import StoredConfig, parse_size, solve_width
 
 VERSION = 1
 MAX_GROUP = 64
@@ -67,7 +67,8 @@ GRID_SIDE = 4                   # the feature grid the MLP emits is GRID_SIDE x 
 
 
 @dataclass
-class NirvanaConfig:
+class NirvanaConfig(StoredConfig):
+    label = "NIRVANA"
     height: int
     width: int
     frames: int
@@ -115,18 +116,6 @@ class NirvanaConfig:
 
     def params(self) -> int:
         return sum(math.prod(s) for _, s in self.tensor_shapes())
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NirvanaConfig":
-        try:
-            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (TypeError, ValueError) as e:
-            raise BitstreamError(f"config section: bad NIRVANA config ({e})") from None
-        cfg.validate(BitstreamError)
-        return cfg
 
     def validate(self, err=BitstreamError) -> None:
         ints = [self.height, self.width, self.frames, self.group, self.patch, self.hidden, self.layers,

@@ -25,7 +25,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -47,8 +47,8 @@ from codec.quant import QuantizedTensor, quantize
 from codec.registry import Codec, register
 from codec.video import weights as W
 from codec.video.inr_codec import decode_batch_size, parse_frame_range
-from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, activation, choose_geometry, meta_count,
-                                parse_size, solve_width)
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, activation,
+                                choose_geometry, meta_count, parse_size, solve_width)
 
 VERSION = 1
 MAX_SESSIONS = 255
@@ -69,7 +69,8 @@ KINDS = ("meta", "mask", "weights", "head")
 
 
 @dataclass
-class PFNRConfig:
+class PFNRConfig(UpsamplingConfig):
+    label = "PFNR"
     """The supernet's shape (stored in the config section)."""
     height: int
     width: int
@@ -101,25 +102,6 @@ class PFNRConfig:
     def block_input_size(self, i: int) -> tuple[int, int]:
         f = math.prod(self.strides[:i])
         return self.grid_h * f, self.grid_w * f
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        d = math.prod(self.strides)
-        return self.grid_h * d, self.grid_w * d
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PFNRConfig":
-        try:
-            cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (TypeError, ValueError, KeyError) as e:
-            raise BitstreamError(f"config section: bad PFNR config ({e})") from None
-        cfg.validate()
-        return cfg
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.grid_h, self.grid_w, self.fc_dim, self.stem_hidden, self.pe_levels,
