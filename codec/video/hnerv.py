@@ -41,7 +41,7 @@ class HNeRVConfig(UpsamplingConfig):
     enc_dim: int = 64                     # encoder only: not needed to decode, kept for resume checks
 
     def __post_init__(self):
-        self.strides = tuple(int(v) for v in self.strides)
+        super().__post_init__()
         self.kernels = tuple(int(v) for v in self.kernels)
 
     def widths(self) -> list[int]:

@@ -50,10 +50,22 @@ class StoredConfig:
 class UpsamplingConfig(StoredConfig):
     """A config whose network starts from a grid_h x grid_w grid and upsamples it by the product of `strides`."""
 
+    def __post_init__(self):
+        self.strides = tuple(int(v) for v in self.strides)
+
     @property
     def padded(self) -> tuple[int, int]:
         d = math.prod(self.strides)
         return self.grid_h * d, self.grid_w * d
+
+
+def halving_widths(fc_dim: int, stages: int, reduce: int, lower_width: int) -> list[int]:
+    """NeRV's channel rule: fc_dim at the first stage, then divided by `reduce` per stage, never under lower_width."""
+    out, c = [], fc_dim
+    for i in range(stages):
+        c = fc_dim if i == 0 else max(c // reduce, lower_width)
+        out.append(c)
+    return out
 
 
 def activation(name: str) -> nn.Module:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from bitstream.errors import BitstreamError
 from codec.errors import UserError
-from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, choose_geometry,
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, choose_geometry,
                                 meta_count, solve_width)
 
 SIZE_TOLERANCE = 0.05
@@ -39,15 +39,8 @@ class NeRVConfig(UpsamplingConfig):
     head_kernel: int = 1
     act: str = "silu"
 
-    def __post_init__(self):
-        self.strides = tuple(int(v) for v in self.strides)
-
     def widths(self) -> list[int]:
-        out, c = [], self.fc_dim
-        for i in range(len(self.strides)):
-            c = self.fc_dim if i == 0 else max(c // self.reduce, self.lower_width)
-            out.append(c)
-        return out
+        return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.pe_levels,

@@ -32,7 +32,7 @@ from bitstream.errors import BitstreamError
 from codec.errors import UserError
 from codec.registry import register
 from codec.video.inr_codec import FAMILIES, Family, INRVideoCodec
-from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, choose_geometry,
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, choose_geometry,
                                 meta_count, solve_width)
 
 SIZE_TOLERANCE = 0.05
@@ -57,15 +57,8 @@ class NeRVPPConfig(UpsamplingConfig):
     pe_levels: int = 40
     reduce: int = 2
 
-    def __post_init__(self):
-        self.strides = tuple(int(v) for v in self.strides)
-
     def widths(self) -> list[int]:
-        out, c = [], self.fc_dim
-        for i in range(len(self.strides)):
-            c = self.fc_dim if i == 0 else max(c // self.reduce, self.lower_width)
-            out.append(c)
-        return out
+        return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
 
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.lower_width,

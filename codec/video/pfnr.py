@@ -47,7 +47,7 @@ from codec.quant import QuantizedTensor, quantize
 from codec.registry import Codec, register
 from codec.video import weights as W
 from codec.video.inr_codec import decode_batch_size, parse_frame_range
-from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, activation,
+from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, activation,
                                 choose_geometry, meta_count, parse_size, solve_width)
 
 VERSION = 1
@@ -89,15 +89,8 @@ class PFNRConfig(UpsamplingConfig):
     modes_w: int = 3               # columns 0..modes_w-1 of the real FFT
     act: str = "silu"
 
-    def __post_init__(self):
-        self.strides = tuple(int(v) for v in self.strides)
-
     def widths(self) -> list[int]:
-        out, c = [], self.fc_dim
-        for i in range(len(self.strides)):
-            c = self.fc_dim if i == 0 else max(c // self.reduce, self.lower_width)
-            out.append(c)
-        return out
+        return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
 
     def block_input_size(self, i: int) -> tuple[int, int]:
         f = math.prod(self.strides[:i])
