@@ -452,7 +452,7 @@ class INRVideoCodec(Codec):
     # -- decode
 
     def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video.io import open_writer
+        from codec.video.io import stream_frames
 
         device = pick_device(opts.get("device", "auto"))
         t0 = time.perf_counter()
@@ -461,21 +461,9 @@ class INRVideoCodec(Codec):
         bs = opts.get("batch_size")
         if bs is not None and bs <= 0:
             raise UserError(f"--batch-size must be positive, got {bs}")
-        n = 0
-        t1 = time.perf_counter()
-        if output:
-            with open_writer(output, loaded.cfg.width, loaded.cfg.height, loaded.fps) as out:
-                for batch in render(loaded, a, b, bs):
-                    out.write(batch.cpu().numpy())
-                    n += batch.shape[0]
-        else:
-            for batch in render(loaded, a, b, bs):
-                n += batch.shape[0]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
+        n, secs = stream_frames(render(loaded, a, b, bs), output, loaded.cfg.width, loaded.cfg.height, loaded.fps)
         return {"frames": n, "width": loaded.cfg.width, "height": loaded.cfg.height,
-                "fps": round(n / max(t2 - t1, 1e-9), 1), "seconds": round(t2 - t0, 3),
+                "fps": round(n / max(secs, 1e-9), 1), "seconds": round(time.perf_counter() - t0, 3),
                 "output": output or "(none: decoded and discarded)", "device": device_name(device)}
 
     def info(self, reader: Reader) -> dict[str, Any]:

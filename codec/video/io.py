@@ -361,3 +361,27 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable, fps: Fra
         for item in it:
             out.write(item)
     return out.frames_written
+
+
+def stream_frames(batches: Iterable, output: str | os.PathLike | None, width: int, height: int,
+                  fps: Fraction | float | int = DEFAULT_FPS) -> tuple[int, float]:
+    """Write decoded batches ([B, H, W, 3] tensors or arrays) to `output` as they come, or discard them when
+    `output` is None (a speed run). Returns (frames, seconds spent), with GPU work finished inside the timing."""
+    import time
+
+    n, t0 = 0, time.perf_counter()
+    last = None
+    if output:
+        with open_writer(output, width, height, fps) as out:
+            for batch in batches:
+                out.write(batch.cpu().numpy() if hasattr(batch, "cpu") else batch)
+                n += batch.shape[0]
+    else:
+        for batch in batches:
+            n += batch.shape[0]
+            last = batch
+    if last is not None and getattr(last, "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize(last.device)
+    return n, time.perf_counter() - t0

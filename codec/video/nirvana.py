@@ -606,38 +606,21 @@ class NirvanaCodec(Codec):
     # -- decode
 
     def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video.io import open_writer
+        from codec.video.io import stream_frames
 
-        if reader.has("segments"):     # a --segment file: codec/distributed.py stitches its segments
-            from codec.distributed import decode_segmented
-            return decode_segmented(self, reader, output, opts)
         device = pick_device(opts.get("device", "auto"))
         t0 = time.perf_counter()
         loaded = LoadedFile(reader, device)
         a, b = parse_frame_range(opts.get("frames"), loaded.cfg.frames)
-        n = 0
-        t1 = time.perf_counter()
         with cpu_thread_limit(device):
-            if output:
-                with open_writer(output, loaded.cfg.width, loaded.cfg.height, loaded.fps) as out:
-                    for _, batch in loaded.render(a, b):
-                        out.write(batch.cpu().numpy())
-                        n += batch.shape[0]
-            else:
-                for _, batch in loaded.render(a, b):
-                    n += batch.shape[0]
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
+            n, secs = stream_frames((batch for _, batch in loaded.render(a, b)), output, loaded.cfg.width,
+                                    loaded.cfg.height, loaded.fps)
         return {"frames": n, "width": loaded.cfg.width, "height": loaded.cfg.height,
-                "fps": round(n / max(t2 - t1, 1e-9), 1), "seconds": round(t2 - t0, 3),
+                "fps": round(n / max(secs, 1e-9), 1), "seconds": round(time.perf_counter() - t0, 3),
                 "groups_read": sorted(set(loaded.sections_read)),
                 "output": output or "(none: decoded and discarded)", "device": device_name(device)}
 
     def info(self, reader: Reader) -> dict[str, Any]:
-        if reader.has("segments"):
-            from codec.distributed import segmented_info
-            return segmented_info(reader)
         try:
             loaded = LoadedFile(reader, torch.device("cpu"))
         except BitstreamError as e:

@@ -704,7 +704,7 @@ class PFNRCodec(Codec):
     # -- decode and info
 
     def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video.io import open_writer
+        from codec.video.io import stream_frames
 
         check_reader(reader)
         n = reader.header["videos"]
@@ -724,19 +724,9 @@ class PFNRCodec(Codec):
         model = lib.session_model(k, device)
         meta = lib.metas[k - 1]
         a, b = parse_frame_range(opts.get("frames"), meta.frames)
-        count = 0
-        t1 = time.perf_counter()
-        if output:
-            with open_writer(output, lib.cfg.width, lib.cfg.height, meta.fps) as out:
-                for batch in render(model, device, a, b, bs):
-                    out.write(batch.cpu().numpy())
-                    count += batch.shape[0]
-        else:
-            for batch in render(model, device, a, b, bs):
-                count += batch.shape[0]
-        t2 = time.perf_counter()
+        count, secs = stream_frames(render(model, device, a, b, bs), output, lib.cfg.width, lib.cfg.height, meta.fps)
         return {"video": k, "name": meta.name, "frames": count, "width": lib.cfg.width, "height": lib.cfg.height,
-                "fps": round(count / max(t2 - t1, 1e-9), 1), "seconds": round(t2 - t0, 3),
+                "fps": round(count / max(secs, 1e-9), 1), "seconds": round(time.perf_counter() - t0, 3),
                 "output": output or "(none: decoded and discarded)", "device": device_name(device)}
 
     def info(self, reader: Reader) -> dict[str, Any]:
