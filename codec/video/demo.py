@@ -108,5 +108,6 @@ def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "
                     title=f"{Path(src).name}: {original.num_frames} frames {original.width}x{original.height} "
                           f"on {enc['device']} (seconds = fit / encode time)")
         print(f"\ndecoded HNeRV video: {decoded_path}  ({dec['fps']} frames/s decode)")
-        print("HNeRV on a CPU fits for only a few epochs: the GPU numbers are in benchmarks/RESULTS.md.")
+        print(f"HNeRV fitted {enc['epochs']:.0f} epochs here; the paper fits 300. On a GPU that takes minutes: "
+              "`python -m benchmarks.gpu_fit` (benchmarks/RESULTS.md says what has been measured).")
     return summary
