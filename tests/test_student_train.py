@@ -52,6 +52,27 @@ def test_stage2_leaves_encoder_and_prior_bit_identical(digits, teacher, tmp_path
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("decoder.", "tail.", "linear.")))
 
 
+def test_init_from_data_spreads_the_latent_and_starts_the_decoder_at_the_mean_feature(digits, teacher):
+    student = Student(student_config(teacher.config, **TINY))
+    x = digits.images[:128].float() / 255
+    with torch.no_grad():
+        target = teacher.features(x, upto="layer1")["layer1"]
+        before = student.encode(x).std()
+    T.init_from_data(student, x, target)
+    with torch.no_grad():
+        after = student.encode(x).std()
+    assert before < 1 and after == pytest.approx(T.LATENT_INIT_STD, rel=1e-3)
+    assert torch.allclose(student.decoder[-1].bias, target.mean((0, 2, 3)))
+
+
+def test_stage1_learns_the_split_feature_instead_of_its_mean(digits, teacher, tmp_path):
+    # the collapsed CIFAR students never got below the error of always predicting the mean feature map
+    summary = T.train_student(digits, teacher, str(tmp_path / "h.safetensors"), beta=0.0,
+                              stage1=T.Schedule(6, 32, 3e-3), stage2=T.Schedule(0, 32, 1e-2),
+                              student_options=TINY, device="cpu", distill="head")
+    assert summary["stage1_head_error"] < 0.6 * summary["stage1_head_error_if_mean"]
+
+
 def test_student_file_carries_its_tables_and_classifies_like_before(digits, teacher, tmp_path):
     summary = _student(digits, teacher, tmp_path / "s.safetensors", epochs2=1)
     student, model_id = model_file.load_student(str(tmp_path / "s.safetensors"))
