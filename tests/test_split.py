@@ -15,7 +15,8 @@ from codec.features import train as T
 from codec.features.data import load_dataset
 from codec.features.split import MAGIC, MSG_LATENT, SplitClient, SplitServer, bind_listener, read_frame, run_session
 
-TINY = {"encoder_stride": 2, "latent_channels": 4, "encoder_channels": 8, "decoder_channels": 16}
+from tests.students import train_tiny_models
+
 CPU = torch.device("cpu")
 
 
@@ -27,12 +28,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("split")
-    ds = load_dataset("digits", limit=500)
-    T.train_teacher(ds, str(d / "teacher.safetensors"), schedule=T.Schedule(3, 64, 0.1), device="cpu")
-    teacher = model_file.load_teacher(str(d / "teacher.safetensors"))
-    T.train_student(ds, teacher, str(d / "student.safetensors"), beta=0.3, stage1=T.Schedule(2, 64, 2e-3),
-                    stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu")
+    d = train_tiny_models(tmp_path_factory.mktemp("split"), {"student": 0.3})
     return str(d / "student.safetensors")
 
 

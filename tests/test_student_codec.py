@@ -15,7 +15,7 @@ from codec.features import train as T
 from codec.features.codec import LatentCoder, StudentCodec
 from codec.features.data import load_dataset
 
-TINY = {"encoder_stride": 2, "latent_channels": 4, "encoder_channels": 8, "decoder_channels": 16}
+from tests.students import train_tiny_models
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,14 +27,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny digits teacher and two students trained from it with different betas (a few seconds)."""
-    d = tmp_path_factory.mktemp("models")
-    ds = load_dataset("digits", limit=500)
-    T.train_teacher(ds, str(d / "teacher.safetensors"), schedule=T.Schedule(3, 64, 0.1), device="cpu")
-    teacher = model_file.load_teacher(str(d / "teacher.safetensors"))
-    for name, beta in (("student", 0.3), ("other", 3.0)):
-        T.train_student(ds, teacher, str(d / f"{name}.safetensors"), beta=beta, stage1=T.Schedule(2, 64, 2e-3),
-                        stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu")
-    return d
+    return train_tiny_models(tmp_path_factory.mktemp("models"), {"student": 0.3, "other": 3.0})
 
 
 @pytest.fixture(scope="module")

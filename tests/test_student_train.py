@@ -11,7 +11,7 @@ from codec.features.data import load_dataset
 from codec.features.student import Student, make_config as student_config
 from codec.features.teacher import CifarResNet, count_macs, load_pretrained_resnet, make_config
 
-TINY = {"encoder_stride": 2, "latent_channels": 4, "encoder_channels": 8, "decoder_channels": 16}
+from tests.students import TINY
 
 
 @pytest.fixture(scope="module", autouse=True)
