@@ -64,8 +64,7 @@ class HNeRVConfig(UpsamplingConfig):
               and all(0 < s <= 8 for s in self.strides) and all(0 < k <= 9 and k % 2 == 1 for k in self.kernels)
               and self.head_kernel % 2 == 1 and isinstance(self.reduce, (int, float)) and 1.0 <= self.reduce <= 4.0
               and self.act in ("gelu", "silu", "relu") and self.fc_dim <= 4096
-              and self.padded[0] >= self.height and self.padded[1] >= self.width
-              and self.padded[0] < 2 * self.height + 64 and self.padded[1] < 2 * self.width + 64)
+              and self.padding_ok())
         if not ok:
             raise BitstreamError("config section: HNeRV config out of range")
 

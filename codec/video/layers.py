@@ -58,6 +58,11 @@ class UpsamplingConfig(StoredConfig):
         d = math.prod(self.strides)
         return self.grid_h * d, self.grid_w * d
 
+    def padding_ok(self) -> bool:
+        """The rendered (padded) frame covers the frame and is not absurdly larger: configs come from files."""
+        ph, pw = self.padded
+        return self.height <= ph < 2 * self.height + 64 and self.width <= pw < 2 * self.width + 64
+
 
 def halving_widths(fc_dim: int, stages: int, reduce: int, lower_width: int) -> list[int]:
     """NeRV's channel rule: fc_dim at the first stage, then divided by `reduce` per stage, never under lower_width."""

@@ -51,8 +51,7 @@ class NeRVConfig(UpsamplingConfig):
               and isinstance(self.pe_base, (int, float)) and 1.0 < self.pe_base <= 4.0
               and self.act in ("gelu", "silu", "relu") and self.fc_dim <= 4096
               and self.grid_h * self.grid_w * self.fc_dim <= 1 << 22
-              and self.padded[0] >= self.height and self.padded[1] >= self.width
-              and self.padded[0] < 2 * self.height + 64 and self.padded[1] < 2 * self.width + 64)
+              and self.padding_ok())
         if not ok:
             raise BitstreamError("config section: NeRV config out of range")
 

@@ -68,8 +68,7 @@ class NeRVPPConfig(UpsamplingConfig):
               and self.pe_levels <= 128 and isinstance(self.pe_base, (int, float)) and 1.0 < self.pe_base <= 4.0
               and self.fc_dim <= 4096 and self.lower_width <= 4096 and self.stem_hidden <= 8192
               and self.grid_h * self.grid_w * self.fc_dim <= 1 << 22
-              and self.padded[0] >= self.height and self.padded[1] >= self.width
-              and self.padded[0] < 2 * self.height + 64 and self.padded[1] < 2 * self.width + 64)
+              and self.padding_ok())
         if not ok:
             raise BitstreamError("config section: NeRV++ config out of range")
 
