@@ -83,8 +83,15 @@ def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
         return
     rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))]
     print_table(rows, ["field", "value"], title=title)
-    for key, value in summary.items():  # per-item tables (clips of a batch, groups, sessions...)
-        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+    _print_item_tables(summary)
+
+
+def _print_item_tables(summary: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Each list of dicts in a summary (clips of a batch, groups, videos of a library...) as a table of its own."""
+    from codec.progress import print_table
+
+    for key, value in summary.items():
+        if key not in skip and isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
             print_table(value, title=key)
 
 
@@ -211,9 +218,7 @@ def info(bitstream_file, as_json):
     top += [{"field": k, "value": v if not isinstance(v, bytes) else v.hex()} for k, v in summary["header"].items()]
     print_table(top, ["field", "value"], title=f"{bitstream_file}")
     print_table(summary["sections"], ["name", "bytes", "required", "crc32"], title="sections")
-    for key, value in summary.items():  # codec-specific lists: videos of a library, groups, ...
-        if key != "sections" and isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            print_table(value, title=key)
+    _print_item_tables(summary, skip=("sections",))
 
 
 @cli.command()

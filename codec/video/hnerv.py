@@ -23,8 +23,8 @@ SIZE_TOLERANCE = 0.05   # a solved model's parameter count lands within 5% of th
 
 @dataclass
 class HNeRVConfig(UpsamplingConfig):
-    label = "HNeRV"
     """Everything the decoder needs to rebuild the network (stored in the .ncb config section)."""
+    label = "HNeRV"
     height: int
     width: int
     frames: int

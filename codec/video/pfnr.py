@@ -70,8 +70,8 @@ KINDS = ("meta", "mask", "weights", "head")
 
 @dataclass
 class PFNRConfig(UpsamplingConfig):
-    label = "PFNR"
     """The supernet's shape (stored in the config section)."""
+    label = "PFNR"
     height: int
     width: int
     strides: tuple[int, ...]
