@@ -14,8 +14,8 @@ from codec import registry
 from codec.errors import UserError
 from codec.video import metrics
 from codec.video.inr_codec import LoadedFile, render
-from codec.video.io import read_video, write_video
-from tests.videos import moving_gradients
+from codec.video.io import read_video
+from tests.videos import write_clip_file
 
 T, H, W = 6, 32, 48
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +30,7 @@ def opts(**kw):
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("clip") / "clip.mkv"
-    write_video(p, moving_gradients(T, H, W), fps=25)
-    return str(p)
+    return write_clip_file(tmp_path_factory.mktemp("clip"), T, H, W)
 
 
 @pytest.fixture(scope="module")

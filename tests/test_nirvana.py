@@ -10,8 +10,8 @@ import codec.video.nirvana as nirvana
 from bitstream.container import Reader
 from cli.main import main
 from codec.video import metrics
-from codec.video.io import read_video, write_video
-from tests.videos import moving_gradients
+from codec.video.io import read_video
+from tests.videos import write_clip_file
 
 T, H, W, G = 10, 32, 48, 4        # 10 frames in groups of 4: the last group holds 2
 FAST = ["--codec", "nirvana", "--device", "cpu", "--group", str(G), "--epochs", "3", "--size", "3k", "--patch", "16"]
@@ -31,9 +31,7 @@ def decode_frames(path, frames=None):
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("clip") / "clip.mkv"
-    write_video(p, moving_gradients(T, H, W), fps=25)
-    return str(p)
+    return write_clip_file(tmp_path_factory.mktemp("clip"), T, H, W)
 
 
 @pytest.fixture(scope="module")

@@ -17,3 +17,12 @@ def moving_gradients(frames: int = 8, height: int = 48, width: int = 64) -> np.n
         rgb[top:top + 10, left:left + 10] = (230, 60, 200)  # a moving square: real motion for the codecs
         clip[t] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return clip
+
+
+def write_clip_file(directory, frames: int, height: int, width: int) -> str:
+    """`moving_gradients` written losslessly as directory/clip.mkv (FFV1); returns its path."""
+    from codec.video.io import write_video
+
+    path = f"{directory}/clip.mkv"
+    write_video(path, moving_gradients(frames, height, width), fps=25)
+    return path
