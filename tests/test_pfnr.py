@@ -151,6 +151,20 @@ def test_appending_to_another_codecs_file_is_refused(clips, tmp_path, capsys):
     assert err.startswith("ncodec: error:") and "\n" not in err
 
 
+def test_a_library_of_another_pfnr_version_is_refused_in_one_line(library, tmp_path, capsys):
+    path, _, _ = library
+    reader = Reader.from_path(path)
+    newer = tmp_path / "v2.ncb"
+    w = Writer("pfnr", pfnr.VERSION + 1, reader.header)
+    for section in reader.sections:
+        w.add_section(section.name, reader.payload(section.name))
+    w.write(newer)
+    capsys.readouterr()
+    assert main(["decode", str(newer), "--video", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"pfnr version {pfnr.VERSION + 1} is not supported" in err and "\n" not in err
+
+
 def test_a_video_of_another_size_is_refused_before_fitting(library, tmp_path):
     path, _, _ = library
     odd = tmp_path / "odd.mkv"
