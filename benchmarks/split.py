@@ -1,12 +1,18 @@
 """Split computing on CIFAR-10: the Entropic Student against sending the image (JPEG, WebP, PNG) to the teacher.
 
-    python -m benchmarks.split [--betas 1,2] [--epochs 12 --epochs2 2] [--test-images 2000] [--out out/bench_split]
+    python -m benchmarks.split [--betas 1,2] [--epochs 12 --epochs2 6] [--test-images 4000] [--out out/bench_split]
+    python -m benchmarks.split --stage1-from out/bench_split/stage1_....safetensors --epochs2 8   # stage 2 only
 
-For each beta a student is trained from the pretrained ResNet-56 on the CIFAR-10 training JPEGs (cached in --out,
-reused when present), then the test images are encoded by the device half and the latents range-coded; bytes are
-the real streams (and the frames that `ncodec split send` puts on the wire). Baselines re-encode each test image with
-Pillow and let the teacher classify what the server would decode. Also the device encoder's parameters and
-multiply-accumulates against the teacher's. Writes JSON and an accuracy-vs-bytes plot; prints tables.
+For each beta a student is trained from the pretrained ResNet-56 on the CIFAR-10 training JPEGs in two cached steps:
+stage 1 (-> --out/stage1_*.safetensors, tables frozen) and stage 2 from that file (full passes over the training set,
+SGD at --lr2 then a tenth of it for the second half, KD loss, augmentation, encoder and prior frozen). A longer
+stage 2 therefore reuses the cached stage 1, and --stage1-from starts stage 2 from any finished student file. Then
+the test images are encoded by the device half and the latents range-coded; bytes are the real streams (and the
+frames that `ncodec split send` puts on the wire). Baselines re-encode each test image with Pillow (JPEG and WebP up
+to quality 100, WebP lossless, PNG) and let the teacher classify what the server would decode. The target check: the
+student's top-1 >= the teacher's - 1 point, with at most 1/5 of the bytes JPEG or WebP need for that top-1 (linear
+between measured qualities). Also the device encoder's parameters and multiply-accumulates against the teacher's.
+Writes JSON and an accuracy-vs-bytes plot; prints tables.
 """
 from __future__ import annotations
 
@@ -46,12 +52,23 @@ def teacher_accuracy(teacher, images: torch.Tensor, labels: torch.Tensor, dev, b
     return correct / len(labels)
 
 
+# (format, quality): quality None = lossless. Up to quality 95/100 and lossless, so that every curve reaches the
+# teacher's own accuracy and "the bytes a codec needs for teacher - 1 point" is measured, not extrapolated.
+# 80 and 85 are where the curves cross the teacher's accuracy minus a point, which the target is measured at.
+BASELINE_SETTINGS = ([("JPEG", q) for q in (10, 20, 30, 50, 70, 80, 85, 90, 95, 100)]
+                     + [("WEBP", q) for q in (5, 10, 20, 30, 50, 70, 80, 85, 90, 95, 100)]
+                     + [("WEBP", None), ("PNG", None)])
+
+
 def reencode(images: torch.Tensor, fmt: str, quality: int | None) -> tuple[torch.Tensor, float]:
     """Each image through Pillow's encoder and back: (decoded uint8 images, mean bytes per image)."""
+    if quality is not None:
+        kw = {"quality": quality}
+    else:
+        kw = {"lossless": True, "quality": 100, "method": 6} if fmt == "WEBP" else {"optimize": True}
     out, sizes = [], []
     for img in images.permute(0, 2, 3, 1).numpy():
         buf = io.BytesIO()
-        kw = {"quality": quality} if quality is not None else {"optimize": True}
         Image.fromarray(img).save(buf, format=fmt, **kw)
         sizes.append(buf.tell())
         buf.seek(0)
@@ -59,15 +76,25 @@ def reencode(images: torch.Tensor, fmt: str, quality: int | None) -> tuple[torch
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous(), float(np.mean(sizes))
 
 
-def baselines(teacher, images, labels, dev) -> list[dict]:
-    rows = []
-    settings = [("JPEG", q) for q in (10, 20, 30, 50, 70, 90)] + [("WEBP", q) for q in (5, 10, 20, 30, 50, 70, 90)]
-    settings.append(("PNG", None))
-    for fmt, q in progress(settings, desc="baselines", unit="setting"):
+def baselines(teacher, images, labels, dev, cached: list[dict] | None = None) -> list[dict]:
+    """One row per BASELINE_SETTINGS entry; rows already in `cached` (same test images) are not recomputed."""
+    have = {(r["method"], r["quality"]): r for r in cached or []}
+    rows, todo = [], []
+    for fmt, q in BASELINE_SETTINGS:
+        key = (fmt.lower(), "lossless" if q is None else q)
+        if key in have:
+            rows.append(have[key])
+        else:
+            todo.append((fmt, q))
+    for fmt, q in progress(todo, desc="baselines", unit="setting"):
         decoded, size = reencode(images, fmt, q)
-        rows.append({"method": fmt.lower(), "quality": "lossless" if q is None else q, "bytes_per_image": size,
-                     "top1": teacher_accuracy(teacher, decoded, labels, dev)})
-    return rows
+        row = {"method": fmt.lower(), "quality": "lossless" if q is None else q, "bytes_per_image": size,
+               "top1": teacher_accuracy(teacher, decoded, labels, dev)}
+        if q is None:
+            row["pixels_exact"] = bool(torch.equal(decoded, images))
+        rows.append(row)
+    order = {(f.lower(), "lossless" if q is None else q): i for i, (f, q) in enumerate(BASELINE_SETTINGS)}
+    return sorted(rows, key=lambda r: order[(r["method"], r["quality"])])
 
 
 def evaluate_student(student: Student, images, labels, dev) -> dict:
@@ -102,6 +129,24 @@ def bytes_needed(curve: list[dict], accuracy: float) -> float | None:
     return best
 
 
+def target_check(student_bytes: float, student_top1: float, teacher_top1: float, base_rows: list[dict],
+                 points: float = 0.01, factor: float = 5.0) -> dict:
+    """Issue #7's target: top-1 >= teacher - 1 point, at <= 1/5 of the bytes JPEG or WebP needs for that top-1.
+
+    The baseline is the cheaper of JPEG and WebP at the teacher-minus-1-point accuracy (the stricter reading);
+    a codec whose curve never reaches it does not count. None where no codec reaches it."""
+    goal = teacher_top1 - points
+    need = {m: bytes_needed([r for r in base_rows if r["method"] == m], goal) for m in ("jpeg", "webp")}
+    reached = [b for b in need.values() if b is not None]
+    base = min(reached) if reached else None
+    bytes_ok = None if base is None else student_bytes <= base / factor
+    return {"target_top1": goal, "jpeg_bytes_at_target": need["jpeg"], "webp_bytes_at_target": need["webp"],
+            "baseline_bytes_at_target": base,
+            "bytes_fraction_of_baseline": None if base is None else student_bytes / base,
+            "top1_ok": student_top1 >= goal, "bytes_ok": bytes_ok,
+            "target_met": bool(student_top1 >= goal and bytes_ok)}
+
+
 def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: list[dict], title: str) -> None:
     import matplotlib
 
@@ -122,6 +167,7 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
         ax.annotate(f"β={r['beta']:g}", (r["bytes_per_image"], 100 * r["top1"]), textcoords="offset points",
                     xytext=(4, -10), fontsize=8)
     ax.axhline(100 * teacher_top1, color="gray", ls="--", lw=1, label="ResNet-56 on the test JPEGs")
+    ax.axhline(100 * teacher_top1 - 1, color="gray", ls=":", lw=1, label="target: teacher - 1 point")
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image")
     ax.set_ylabel("top-1 accuracy [%]")
@@ -134,24 +180,43 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
     plt.close(fig)
 
 
+def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None) -> str:
+    return f"stage1_{split}_c{channels}_{distill}_b{beta:g}_e{epochs}_n{train_images or 10000}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--betas", default="1,2", help="comma-separated rate weights")
+    p.add_argument("--betas", default=None, help="comma-separated rate weights (default 1,2 without --stage1-from)")
+    p.add_argument("--stage1-from", default=None,
+                   help="comma-separated finished student files: stage 2 starts from each (their beta, no stage 1)")
     p.add_argument("--epochs", type=int, default=12, help="stage-1 epochs per student")
-    p.add_argument("--epochs2", type=int, default=2, help="stage-2 epochs per student (the accuracy lever)")
+    p.add_argument("--epochs2", type=int, default=6, help="stage-2 epochs (full passes; the accuracy lever)")
+    p.add_argument("--lr2", type=float, default=None, help="stage-2 SGD learning rate for the first half (1e-2)")
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
-    p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000")
+    p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
     p.add_argument("--distill", default="head", choices=["all", "head"], help="stage-1 targets (see train)")
     p.add_argument("--latent-channels", type=int, default=None)
-    p.add_argument("--stage2-images", type=int, default=None, help="images seen in stage 2 (default: its epochs)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for f in (TRAIN, TEST, TEACHER):
         if not f.exists():
             print(f"benchmarks.split: {f} not found (the benchmark needs ../shared/data)", file=sys.stderr)
             return 2
+    starts = [Path(f) for f in args.stage1_from.split(",")] if args.stage1_from else []
+    for f in starts:
+        if not f.exists():
+            print(f"benchmarks.split: --stage1-from {f} not found", file=sys.stderr)
+            return 2
+    try:
+        betas = [float(b) for b in (args.betas or ("" if starts else "1,2")).split(",") if b]
+    except ValueError:
+        print(f"benchmarks.split: --betas {args.betas!r}: expected numbers separated by commas", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(args.device)
@@ -163,12 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher ResNet-56 on {len(test)} test JPEGs: top-1 {100 * t_top1:.2f}%  ({device_name(dev)})")
 
     cache = out / f"baselines_{len(test)}.json"        # the baselines depend only on the test images
-    if cache.exists():
-        base_rows = json.loads(cache.read_text())
-    else:
-        base_rows = baselines(teacher, test.images, test.labels, dev)
-        write_json(cache, base_rows)
-    print_table(base_rows, ["method", "quality", "bytes_per_image", "top1"], title="the image sent, ResNet-56 classifies")
+    base_rows = baselines(teacher, test.images, test.labels, dev,
+                          json.loads(cache.read_text()) if cache.exists() else None)
+    write_json(cache, base_rows)
+    print_table(base_rows, ["method", "quality", "bytes_per_image", "top1"],
+                title="the image sent, ResNet-56 classifies")
 
     train_ds = None
     student_rows = []
@@ -177,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.latent_channels:
         options["latent_channels"] = args.latent_channels
     s1, s2 = T.default_schedules(32)
-    s1.epochs, s2.epochs, s2.max_images = args.epochs, args.epochs2, args.stage2_images
+    s1.epochs, s2.epochs, s2.lr = args.epochs, args.epochs2, args.lr2 or s2.lr
     shell = Student(make_student_config(teacher.config, **options))
     x = torch.zeros(1, 3, 32, 32)
     teacher_cpu = teacher.cpu()
@@ -192,47 +256,77 @@ def main(argv: list[str] | None = None) -> int:
             "replaced_teacher_macs": count_macs(replaced, x) - 9 * 32 * 32}
     cost["encoder_macs_fraction_of_teacher"] = cost["encoder_macs"] / cost["teacher_macs"]
     print_table([{"what": k, "value": v} for k, v in cost.items()], ["what", "value"], title="device-side cost")
+    teacher.to(dev)
 
     def save(student_rows):
         result = {"machine": device_name(dev), "test_images": len(test), "teacher_top1": t_top1,
+                  "target": {"top1": t_top1 - 0.01, "bytes_fraction": 0.2, **{
+                      k: v for k, v in target_check(0.0, 0.0, t_top1, base_rows).items()
+                      if k.endswith("_bytes_at_target")}},
                   "baselines": base_rows, "students": student_rows, "cost": cost,
-                  "schedule": {"stage1_epochs": args.epochs, "stage2_epochs": args.epochs2,
-                               "stage2_images": args.stage2_images, "distill": args.distill,
-                               "train_images": args.train_images or 10000}}
+                  "schedule": {"stage1_epochs": args.epochs, "stage2_epochs": args.epochs2, "stage2_lr": s2.lr,
+                               "distill": args.distill, "train_images": args.train_images or 10000}}
         write_json(out / "split.json", result)
         plot(out / "split.png", t_top1, base_rows, student_rows,
              f"CIFAR-10 ({len(test)} test JPEGs), ResNet-56 teacher, {device_name(dev)}")
-    for beta in [float(b) for b in args.betas.split(",")]:
-        tag = (f"student_{args.split}_c{options['latent_channels']}_{args.distill}_b{beta:g}_"
-               f"e{args.epochs}-{args.epochs2}_n{args.train_images or 10000}_s2n{args.stage2_images or 0}")
-        path = out / f"{tag}.safetensors"
+
+    def training_data():
+        nonlocal train_ds
+        if train_ds is None:
+            train_ds = load_dataset(str(TRAIN), limit=args.train_images)
+        return train_ds
+
+    # (stage-1 student file, final student file): stage 1 is cached on its own, so --epochs2 changes redo stage 2 only
+    jobs = []
+    for beta in betas:
+        tag = stage1_tag(args.split, options["latent_channels"], args.distill, beta, args.epochs, args.train_images)
+        first = out / f"{tag}.safetensors"
+        if not first.exists():
+            T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,
+                            stage2=T.Schedule(0, s2.batch_size, s2.lr), student_options=options, device=args.device,
+                            teacher_source=str(TEACHER), distill=args.distill, resume=True)
+            teacher.to(dev)
+        jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors"))
+    jobs += [(f, out / f"student_from-{f.stem}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors") for f in starts]
+
+    for first, path in jobs:
         if not path.exists():
-            if train_ds is None:
-                train_ds = load_dataset(str(TRAIN), limit=args.train_images)
-            T.train_student(train_ds, teacher.cpu(), str(path), beta=beta, stage1=s1, stage2=s2,
-                                      student_options=options, device=args.device, teacher_source=str(TEACHER),
-                                      distill=args.distill)
+            T.finetune_student(training_data(), teacher.cpu(), str(first), str(path), stage2=s2, device=args.device,
+                               teacher_source=str(TEACHER), resume=True)
             teacher.to(dev)
         student, model_id = model_file.load_student(str(path))
         student.to(dev)
         meta = model_file.load(str(path)).meta.get("training", {})
-        row = {"beta": beta, "model": path.name, **evaluate_student(student, test.images, test.labels, dev),
-               "train_seconds": meta.get("train_seconds"), "train_images": meta.get("train_images"),
-               "stage1_epochs": meta.get("stage1_epochs"), "stage2_epochs": meta.get("stage2_epochs"),
+        row = {"beta": float(student.config["beta"]), "model": path.name, "stage2_from": first.name,
+               **evaluate_student(student, test.images, test.labels, dev),
+               **{k: meta.get(k) for k in ("distill", "stage1_epochs", "stage1_seconds", "stage2_epochs",
+                                           "stage2_seconds", "train_images")},
                # the split feature's squared error per image at the end of stage 1, and always predicting the mean
                "stage1_head_error": meta.get("stage1_head_error"),
                "stage1_head_error_if_mean": meta.get("stage1_head_error_if_mean")}
+        row["start_record"] = meta.get("start")          # the stage-2 start file's own training record
         need = {m: bytes_needed([r for r in base_rows if r["method"] == m], row["top1"]) for m in ("jpeg", "webp")}
         row["jpeg_bytes_same_top1"], row["webp_bytes_same_top1"] = need["jpeg"], need["webp"]
-        row["within_1pt_of_teacher"] = row["top1"] >= t_top1 - 0.01
+        row.update(target_check(row["bytes_per_image"], row["top1"], t_top1, base_rows))
         student_rows.append(row)
         save(student_rows)
-    print_table(student_rows, ["beta", "bytes_per_image", "wire_bytes_per_image", "top1", "jpeg_bytes_same_top1",
-                               "webp_bytes_same_top1", "train_seconds"], title="Entropic Student (ResNet-56 teacher)")
+    print_table(student_rows, ["beta", "stage2_from", "stage2_epochs", "bytes_per_image", "wire_bytes_per_image",
+                               "top1", "jpeg_bytes_same_top1", "webp_bytes_same_top1"],
+                title="Entropic Student (ResNet-56 teacher)")
+    target = target_check(0.0, 0.0, t_top1, base_rows)
+    print_table(student_rows, ["beta", "stage2_epochs", "top1", "bytes_per_image", "baseline_bytes_at_target",
+                               "bytes_fraction_of_baseline", "top1_ok", "bytes_ok", "target_met"],
+                title=f"target: top-1 >= {100 * target['target_top1']:.2f}% (teacher - 1 point) at <= 1/5 of "
+                      f"JPEG's {_fmt(target['jpeg_bytes_at_target'])} / WebP's {_fmt(target['webp_bytes_at_target'])} "
+                      f"bytes per image")
 
     save(student_rows)
     print(f"wrote {out / 'split.json'} and {out / 'split.png'}")
     return 0
+
+
+def _fmt(b: float | None) -> str:
+    return "(never)" if b is None else f"{b:.0f}"
 
 
 if __name__ == "__main__":

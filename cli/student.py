@@ -95,16 +95,18 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 @click.option("--distill", type=click.Choice(["all", "head"]), default="all", show_default=True,
               help="Stage 1 matches every teacher stage from the split on (all, the paper) or only the split "
                    "feature (head: ~3x cheaper).")
+@click.option("--from", "start", default=None,
+              help="Run stage 2 only, from this student file (its encoder, prior and tables stay bit-identical).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, decoder_channels, encoder_stride, distill, limit, batch_size, max_time, device, seed,
-                  resume, as_json):
+                  encoder_channels, decoder_channels, encoder_stride, distill, start, limit, batch_size, max_time,
+                  device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
     from codec.features.data import load_dataset
-    from codec.features.train import (default_schedules, default_student_options, load_teacher_for_training,
-                                      train_student as run)
+    from codec.features.train import (default_schedules, default_student_options, finetune_student,
+                                      load_teacher_for_training, train_student as run)
 
     for name, v in (("epochs", epochs), ("epochs2", epochs2), ("lr", lr), ("lr2", lr2), ("limit", limit),
                     ("batch-size", batch_size), ("max-time", max_time), ("latent-channels", latent_channels),
@@ -120,6 +122,19 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
                  max_time=max_time)
     s2 = replace(s2, epochs=epochs2 if epochs2 is not None else s2.epochs, lr=lr2 or s2.lr,
                  batch_size=batch_size or s2.batch_size, max_time=max_time)
+    if start is not None:
+        stage1_only = [f"--{n}" for n, v in (("epochs", epochs), ("lr", lr), ("latent-channels", latent_channels),
+                                             ("encoder-channels", encoder_channels),
+                                             ("decoder-channels", decoder_channels),
+                                             ("encoder-stride", encoder_stride)) if v is not None]
+        if stage1_only:
+            raise UserError(f"--from runs stage 2 only: {', '.join(stage1_only)} would not apply")
+        if not os.path.isfile(start):
+            raise UserError(f"--from {start}: no such student file")
+        summary = finetune_student(ds, teacher, start, output, stage2=s2, device=device, seed=seed, resume=resume,
+                                   teacher_source=teacher_path)
+        _report(summary, as_json, "ncodec train student (stage 2)")
+        return
     options = default_student_options(size)
     options.update({k: v for k, v in (("split", split), ("latent_channels", latent_channels),
                                       ("encoder_channels", encoder_channels), ("decoder_channels", decoder_channels),

@@ -142,3 +142,19 @@ def test_damaged_latents_are_a_bitstream_error(models, images, tmp_path):
         StudentCodec().decode(Reader.from_path(tmp_path / "b.ncb"), None, opts)
     with pytest.raises(UserError):
         StudentCodec().decode(reader, str(tmp_path / "pred.png"), opts)
+
+
+def test_cli_stage2_from_a_student_file(capsys, models, tmp_path):
+    """`ncodec train student --from S` runs stage 2 only: encoder and prior stay bit-identical."""
+    out = tmp_path / "more.safetensors"
+    base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
+            "--device", "cpu", "-o", out]
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--epochs2", "1", "--json")
+    assert code == 0, err
+    a, b = (model_file.load(p).tensors for p in (models / "student.safetensors", out))
+    frozen = [k for k in a if k.startswith(("encoder.", "entropy_bottleneck."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--epochs", "3")
+    assert_one_line_error(code, err, "stage 2 only")
+    code, _, err = run(capsys, *base, "--from", tmp_path / "missing.safetensors")
+    assert_one_line_error(code, err, "no such student file")

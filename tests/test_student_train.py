@@ -40,16 +40,33 @@ def _student(digits, teacher, path, epochs2, seed=0):
 
 
 def test_stage2_leaves_encoder_and_prior_bit_identical(digits, teacher, tmp_path):
-    _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
+    first = _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
     _student(digits, teacher, tmp_path / "b.safetensors", epochs2=2)
+    # stage 2 continued from the stage-1 file, twice in a row: stage 1 is not redone
+    T.finetune_student(digits, teacher, str(tmp_path / "a.safetensors"), str(tmp_path / "c.safetensors"),
+                       stage2=T.Schedule(1, 32, 1e-2), device="cpu")
+    summary = T.finetune_student(digits, teacher, str(tmp_path / "c.safetensors"), str(tmp_path / "d.safetensors"),
+                                 stage2=T.Schedule(1, 32, 1e-3), device="cpu")
+    assert summary["stage2_from"] == "c.safetensors" and summary["beta"] == 0.5
+    assert summary["stage1_epochs"] == 4 and summary["stage1_head_error"] == first["stage1_head_error"]
     a = model_file.load(tmp_path / "a.safetensors").tensors
-    b = model_file.load(tmp_path / "b.safetensors").tensors
     frozen = [k for k in a if k.startswith(("encoder.", "entropy_bottleneck."))]
     assert any(k.endswith("_quantized_cdf") for k in frozen) and any(k.startswith("encoder.") for k in frozen)
-    for k in frozen:
-        assert torch.equal(a[k], b[k]), k
-    # ... while stage 2 did train the decoder and the tail
-    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("decoder.", "tail.", "linear.")))
+    for name in ("b", "c", "d"):
+        b = model_file.load(tmp_path / f"{name}.safetensors").tensors
+        for k in frozen:
+            assert torch.equal(a[k], b[k]), (name, k)
+        # ... while stage 2 did train the decoder and the tail
+        assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("decoder.", "tail.", "linear."))), name
+
+
+def test_finetune_refuses_a_student_of_another_teacher(digits, teacher, tmp_path):
+    _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
+    other = CifarResNet(make_config("digits", num_classes=10, classes=digits.classes, in_channels=1, image_size=8,
+                                    mean=[0.3], std=[0.3]))
+    with pytest.raises(UserError, match="another teacher"):
+        T.finetune_student(digits, other, str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                           stage2=T.Schedule(1, 32, 1e-2), device="cpu")
 
 
 def test_init_from_data_spreads_the_latent_and_starts_the_decoder_at_the_mean_feature(digits, teacher):

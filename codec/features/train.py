@@ -248,6 +248,15 @@ def _frozen(module: torch.nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def _check_data(ds: ImageSet, teacher: CifarResNet) -> None:
+    tcfg = teacher.config
+    if (ds.channels, ds.size[0]) != (int(tcfg["in_channels"]), int(tcfg["image_size"])) or ds.size[0] != ds.size[1]:
+        raise UserError(f"the data's images are {ds.channels}x{ds.size[0]}x{ds.size[1]} but the teacher takes "
+                        f"{tcfg['in_channels']}x{tcfg['image_size']}x{tcfg['image_size']}")
+    if len(ds.classes) != int(tcfg["num_classes"]):
+        raise UserError(f"the data has {len(ds.classes)} classes but the teacher predicts {tcfg['num_classes']}")
+
+
 def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: float,
                   stage1: Schedule, stage2: Schedule, student_options: dict[str, Any] | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False,
@@ -256,21 +265,51 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
 
     distill="all" matches the split feature and every later stage's output (the paper); "head" matches only the
     split feature, which skips the tail in stage 1 and runs the teacher only up to the split (~3x cheaper on CPU).
+    stage2.epochs = 0 writes the stage-1 student (tables frozen), which finetune_student can take from there.
     """
     if distill not in ("all", "head"):
         raise UserError(f"--distill {distill!r}: expected all or head")
     if beta < 0 or not math.isfinite(beta):
         raise UserError(f"--beta must be a non-negative number, got {beta}")
-    tcfg = teacher.config
-    if (ds.channels, ds.size[0]) != (int(tcfg["in_channels"]), int(tcfg["image_size"])) or ds.size[0] != ds.size[1]:
-        raise UserError(f"the data's images are {ds.channels}x{ds.size[0]}x{ds.size[1]} but the teacher takes "
-                        f"{tcfg['in_channels']}x{tcfg['image_size']}x{tcfg['image_size']}")
-    if len(ds.classes) != int(tcfg["num_classes"]):
-        raise UserError(f"the data has {len(ds.classes)} classes but the teacher predicts {tcfg['num_classes']}")
+    _check_data(ds, teacher)
     dev = pick_device(device)
     with cpu_threads(threads_for(dev, ds.size[0])):
         return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
                               teacher_source, distill)
+
+
+def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str, *, stage2: Schedule,
+                     device: str = "auto", seed: int = 0, resume: bool = False,
+                     teacher_source: str = "") -> dict[str, Any]:
+    """Stage 2 alone, from a finished student file (e.g. one written with stage2.epochs = 0): the decoder and tail
+    are fine-tuned further while the encoder, prior and CDF tables stay bit-identical, so a longer stage 2 does not
+    redo stage 1. The summary keeps the start file's training record under "start"."""
+    _check_data(ds, teacher)
+    student, _ = model_file.load_student(start)
+    if student.config["teacher"] != teacher.config:
+        raise UserError(f"{start} was distilled from another teacher than the one given")
+    start_record = model_file.load(start).meta.get("training", {})
+    dev = pick_device(device)
+    with cpu_threads(threads_for(dev, ds.size[0])):
+        g = seed_everything(seed)
+        train, held = _prepare(ds, dev)
+        teacher = teacher.to(dev).eval()
+        _frozen(teacher)
+        ckpt = Checkpoint(checkpoint_path(output))
+        # a stage-2-only checkpoint: a full run's checkpoint (which may be in stage 1) is not one of these
+        state = ckpt.load("student stage 2", student.config) if resume else None
+        if state is not None:
+            load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
+        student.to(dev)
+        t_start = time.time()
+        record: dict[str, Any] = {}
+        _stage2(student, teacher, train, stage2, ckpt, "student stage 2", state, g, seed, dev, record)
+        keep = ("beta", "distill", "stage1_epochs", "stage1_seconds", "stage1_head_error", "stage1_head_error_if_mean")
+        summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record,
+                          {**{k: start_record[k] for k in keep if k in start_record}, "stage2_epochs": stage2.epochs,
+                           "stage2_from": os.path.basename(start), "start": start_record})
+    ckpt.remove()
+    return summary
 
 
 def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
@@ -287,7 +326,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     teacher.to(dev)
     student.to(dev)
     aug = augmentation(train)
-    images, labels = train.images.to(dev), train.labels.to(dev)
+    images = train.images.to(dev)
     ckpt = Checkpoint(checkpoint_path(output))
     state = ckpt.load("student", cfg) if resume else None
     # a checkpoint says which stage and epoch finished last: resume right after it
@@ -300,16 +339,12 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     record: dict[str, Any] = dict(state.meta.get("record", {})) if state else {}
     t_start = time.time()
 
-    cached = cached_logits = None
-    if head_only:
-        # head distillation without augmentation: the teacher's split feature (fp16) and logits, once per image
-        feats, logits = [], []
+    cached = None
+    if head_only and done_stage == 1:
+        # head distillation without augmentation: the teacher's split feature (fp16), once per image
         with torch.no_grad():
-            for i in range(0, len(train), 500):
-                f = teacher.features(to_float(images[i:i + 500]))
-                feats.append(f[cfg["split"]].half())
-                logits.append(f["logits"])
-        cached, cached_logits = torch.cat(feats), torch.cat(logits)
+            cached = torch.cat([teacher.features(to_float(images[i:i + 500]), upto=cfg["split"])[cfg["split"]].half()
+                                for i in range(0, len(train), 500)])
 
     # ---- stage 1: distillation + beta * rate + aux
     _frozen(student.tail)
@@ -375,19 +410,39 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         student.cpu()
         student.update_tables()
         student.to(dev)
-        done_stage, done_epoch = 2, -1
+        state = None                              # stage 2 starts afresh after a stage 1 run here
 
-    # ---- stage 2: encoder and prior frozen; decoder + tail fine-tuned on the hard-quantised latent with KD
+    _stage2(student, teacher, train, stage2, ckpt, "student", state, g, seed, dev, record)
+    info = {"beta": beta, "distill": distill, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs}
+    if "stage1_last_epoch" in record:          # the split feature's squared error per image, last stage-1 epoch
+        info["stage1_head_error"] = record["stage1_last_epoch"].get("head_error")
+    if "head_error_if_mean" in record:
+        info["stage1_head_error_if_mean"] = record["head_error_if_mean"]
+    summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record, info)
+    ckpt.remove()
+    return summary
+
+
+def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, ckpt: Checkpoint, what: str,
+            state: model_file.ModelFile | None, g: torch.Generator, seed: int, dev: torch.device,
+            record: dict[str, Any]) -> None:
+    """Stage 2: encoder and prior frozen; the decoder and tail are fine-tuned on the hard-quantised latent of
+    augmented images with the KD loss against the teacher's logits on the same images. SGD, x0.1 at half-way.
+    `state`: a checkpoint that finished a stage-2 epoch (resume after it), or None."""
     _frozen(student.encoder)
     _frozen(student.entropy_bottleneck)
     for p in list(student.decoder.parameters()) + list(student.tail.parameters()) + list(student.linear.parameters()):
         p.requires_grad_(True)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=stage2.lr, momentum=0.9, weight_decay=5e-4)
-    start = done_epoch + 1
+    start = 0
     if state is not None and int(state.meta["stage"]) == 2:
         opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
+        start = int(state.meta["epoch"]) + 1
+        record.update(state.meta.get("record", {}))
         g.manual_seed(seed * 1000 + 500 + start)
+    aug = augmentation(train)
+    images, labels = train.images.to(dev), train.labels.to(dev)
     t0 = time.time()
     steps = math.ceil(len(train) / stage2.batch_size)
     total = max(0, stage2.epochs - start) * steps
@@ -404,14 +459,10 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
             if stage2.max_images is not None and seen >= stage2.max_images:
                 break
             seen += len(idx)
-            if head_only:
-                x = to_float(images[idx.to(dev)])
-                t_logits = cached_logits[idx.to(dev)]
-            else:
-                x = aug(to_float(images[idx.to(dev)]), g)
+            # augmentation matters here: the tail is re-trained on a few thousand images and overfits without it
+            x = aug(to_float(images[idx.to(dev)]), g)
             with torch.no_grad():
-                if not head_only:
-                    t_logits = teacher(x)
+                t_logits = teacher(x)
                 symbols = student.to_symbols(student.encode(x))     # hard rounding, detached (paper's stage 2)
             logits = student.classify_symbols(symbols)
             loss = kd_loss(logits, t_logits, labels[idx.to(dev)])
@@ -420,30 +471,30 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
             opt.step()
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
-        ckpt.save("student", cfg, 2, epoch, student, opt, {"record": record})
+        ckpt.save(what, student.config, 2, epoch, student, opt, {"record": record})
         if (stage2.max_time is not None and time.time() - t0 > stage2.max_time) or \
                 (stage2.max_images is not None and seen >= stage2.max_images):
             break
     bar.close()
     record["stage2_seconds"] = round(time.time() - t0, 1)
     student.eval()
-    summary = {"output": output, "data": ds.name, "teacher": teacher_source, "beta": beta,
-               "split": cfg["split"], "latent_channels": cfg["latent_channels"], "distill": distill,
-               "latent_shape": "x".join(map(str, student.latent_shape)),
-               "train_images": len(train), "heldout_images": len(held),
-               "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs,
+
+
+def _finish(student: Student, teacher: CifarResNet, output: str, ds: ImageSet, train: ImageSet, held: ImageSet,
+            dev: torch.device, teacher_source: str, t_start: float, record: dict[str, Any],
+            info: dict[str, Any]) -> dict[str, Any]:
+    """Write the student model file with its training summary (held-out accuracy and bits) and return the summary."""
+    cfg = student.config
+    summary = {"output": output, "data": ds.name, "teacher": teacher_source, "split": cfg["split"],
+               "latent_channels": cfg["latent_channels"], "latent_shape": "x".join(map(str, student.latent_shape)),
+               "train_images": len(train), "heldout_images": len(held), **info,
                "train_seconds": round(time.time() - t_start, 1),
                "heldout_top1_teacher": accuracy(teacher, held, dev),
                "heldout_top1_student": accuracy(student, held, dev),
                "heldout_bits_per_image": estimated_bits(student, held, dev),
                "device": str(dev)}
     summary.update({k: v for k, v in record.items() if k.endswith("_seconds")})
-    if "stage1_last_epoch" in record:          # the split feature's squared error per image, last stage-1 epoch
-        summary["stage1_head_error"] = record["stage1_last_epoch"].get("head_error")
-    if "head_error_if_mean" in record:
-        summary["stage1_head_error_if_mean"] = record["head_error_if_mean"]
     summary["model_id"] = model_file.save_student(output, student.cpu(), {"training": summary})
-    ckpt.remove()
     return summary
 
 

@@ -1,0 +1,61 @@
+"""benchmarks/split.py's arithmetic: the baselines' lossless settings, their cache, and issue #7's target check."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import split as B
+
+
+def _curve(method, points):
+    return [{"method": method, "quality": q, "bytes_per_image": b, "top1": a} for q, (b, a) in enumerate(points)]
+
+
+BASE = (_curve("jpeg", [(700, 0.40), (900, 0.78), (1100, 0.80), (1500, 0.82)])
+        + _curve("webp", [(150, 0.60), (500, 0.79), (700, 0.81), (900, 0.80), (1600, 0.83)]))
+
+
+def test_bytes_needed_interpolates_and_takes_the_cheapest_crossing():
+    webp = [r for r in BASE if r["method"] == "webp"]
+    assert B.bytes_needed(webp, 0.80) == pytest.approx(600)          # halfway 500 -> 700, before the dip at 900
+    assert B.bytes_needed(webp, 0.60) == 150
+    assert B.bytes_needed(webp, 0.84) is None                        # the curve never gets there
+
+
+def test_target_check_needs_both_accuracy_and_a_fifth_of_the_cheaper_codec():
+    # teacher 0.82 -> goal 0.81: WebP needs 700 bytes, JPEG 1300; the cheaper one (WebP) sets the bar, 140 bytes
+    ok = B.target_check(139.5, 0.812, 0.82, BASE)
+    assert ok["target_top1"] == pytest.approx(0.81)
+    assert ok["webp_bytes_at_target"] == pytest.approx(700) and ok["jpeg_bytes_at_target"] == pytest.approx(1300)
+    assert ok["baseline_bytes_at_target"] == pytest.approx(700)
+    assert ok["bytes_fraction_of_baseline"] == pytest.approx(0.2, abs=1e-3)
+    assert ok["top1_ok"] and ok["bytes_ok"] and ok["target_met"]
+    assert not B.target_check(141.0, 0.812, 0.82, BASE)["target_met"]     # one byte too many
+    low = B.target_check(100.0, 0.805, 0.82, BASE)                         # 1.5 points below the teacher
+    assert low["bytes_ok"] and not low["top1_ok"] and not low["target_met"]
+    never = B.target_check(10.0, 0.9, 0.95, BASE)                          # no codec reaches 0.94
+    assert never["baseline_bytes_at_target"] is None and never["bytes_ok"] is None and not never["target_met"]
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in classifier: class = brightest channel (enough to see that decoded pixels reach it)."""
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def test_baselines_reach_lossless_and_reuse_cached_rows():
+    g = np.random.default_rng(0)
+    images = torch.from_numpy(g.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
+    labels = MeanColour()(images.float()).argmax(1)
+    rows = B.baselines(MeanColour(), images, labels, torch.device("cpu"))
+    assert [(r["method"], r["quality"]) for r in rows] == [
+        (f.lower(), "lossless" if q is None else q) for f, q in B.BASELINE_SETTINGS]
+    lossless = [r for r in rows if r["quality"] == "lossless"]
+    assert {r["method"] for r in lossless} == {"webp", "png"}
+    assert all(r["pixels_exact"] and r["top1"] == 1.0 for r in lossless)
+    qualities = [r["quality"] for r in rows if r["method"] == "webp"]
+    assert 95 in qualities and 100 in qualities
+    # a cached row is taken as it is; only the missing settings are computed
+    cached = [dict(r, top1=0.5) if r["method"] == "jpeg" else r for r in rows if r["quality"] != 100]
+    again = B.baselines(MeanColour(), images, labels, torch.device("cpu"), cached)
+    assert all(r["top1"] == 0.5 for r in again if r["method"] == "jpeg" and r["quality"] != 100)
+    assert [r for r in again if r["quality"] == 100] == [r for r in rows if r["quality"] == 100]
