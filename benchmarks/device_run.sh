@@ -43,7 +43,7 @@ if [ "$quick" = 1 ]; then
     PC=(--limit-train 300 --limit-test 100 --epochs 1 --latents 4 --device auto)
 else
     HNERV=(--size 1.5M --budgets 210); NIRV=(--budgets 60); SMALL=(--size 1.5M --budgets 60)
-    PC=(--latents 32 --epochs 60 --device cuda)
+    PC=(--latents 32 --epochs 60 --shift 1 --smooth 5 --device cuda)
 fi
 
 step environment 60 bash -c "nvidia-smi -L 2>/dev/null; $PY -c 'import torch, numpy, constriction, compressai, av, sklearn, scipy;

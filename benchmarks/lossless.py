@@ -4,7 +4,9 @@ of the real files, plus the model's ideal -log2 p and encode/decode speed.
     python -m benchmarks.lossless                                  # small default: scikit-learn's 8x8 digits
     python -m benchmarks.lossless --name mnist \\
         --train ../shared/data/mnist/train-first10k-images-idx3-ubyte.gz \\
-        --test ../shared/data/mnist/t10k-images-idx3-ubyte.gz --latents 16 --epochs 25
+        --test ../shared/data/mnist/t10k-images-idx3-ubyte.gz --latents 32 --epochs 60 --shift 1 --smooth 5
+    python -m benchmarks.lossless ... --init out/bench_lossless/mnist.pcm --epochs 30 --step-start 0.1 \\
+        --step-end 0.02 --out out/phase2                              # continue EM from a model (docs/PC.md)
 
 The pc file is one .ncb for the whole test set (the codec's unit); every classical codec writes one file per
 image, as those formats are used. All outputs are decoded again and compared with the input.
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import platform
 import time
@@ -94,12 +95,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--train", nargs="*", default=None, help="Training images (default: sklearn digits).")
     ap.add_argument("--test", nargs="*", default=None, help="Test images (default: sklearn digits).")
     ap.add_argument("--model", default=None, help="Use this .pcm instead of training one.")
+    ap.add_argument("--init", default=None, help="Continue EM from this .pcm (a second phase of a schedule).")
+    ap.add_argument("--step-start", type=float, default=0.8, help="First damped EM step.")
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--full-epochs", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--pseudocount", type=float, default=0.1)
     ap.add_argument("--smooth", type=float, default=1.0)
+    ap.add_argument("--step-end", type=float, default=0.05, help="Final damped EM step.")
+    ap.add_argument("--shift", type=int, default=0, help="Augmentation: random shifts of up to this many pixels.")
+    ap.add_argument("--holdout", type=int, default=0, help="Training images held out to keep the best epoch.")
+    ap.add_argument("--monitor-test", type=int, default=0,
+                    help="Score the first N test images after every epoch (a learning curve; nothing is chosen "
+                         "by it).")
     ap.add_argument("--balanced", action="store_true")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
@@ -138,14 +147,25 @@ def main(argv=None) -> dict:
         cfg = circuit.TrainConfig(latents=args.latents, epochs=args.epochs, full_epochs=args.full_epochs,
                                   batch_size=args.batch_size, pseudocount=args.pseudocount,
                                   full_pseudocount=args.pseudocount, smooth_mass=args.smooth,
-                                  balanced=args.balanced, seed=args.seed)
+                                  step_start=args.step_start, step_end=args.step_end, shift=args.shift,
+                                  holdout=args.holdout, balanced=args.balanced, seed=args.seed)
+        curve = []
+        watch = test[:args.monitor_test].reshape(-1, test[0].size) if args.monitor_test else None
         t0 = time.perf_counter()
-        model, history = circuit.train(train.reshape(len(train), -1), cfg, dev)
+        start_pcm = model_file.load_model(args.init) if args.init else None
+        start = start_pcm.circuit() if start_pcm else None
+        model, history = circuit.train(train.reshape(len(train), -1), cfg, dev, shape=train.shape[1:],
+                                       valid=watch, init=start, log=lambda epoch, ll, scores: curve.append(
+                                           {"epoch": epoch, "seconds": time.perf_counter() - t0, **scores}))
         result["train_seconds"] = time.perf_counter() - t0
         result["train_images"] = len(train)
         result["train_device"] = device_name(dev)
-        result["train_bpd_by_epoch"] = [-ll / (train[0].size * math.log(2)) for ll in history]
-        pcm = model_file.from_circuit(model, *train.shape[1:], meta={"benchmark": args.name, **vars(cfg)})
+        result["train_config"] = vars(cfg)
+        result["init"] = args.init
+        result["curve_bpd"] = curve       # per epoch: train (during the epoch), holdout / valid (after it)
+        result["best_epoch"] = getattr(model, "best_epoch", None)
+        meta = {"benchmark": args.name, **vars(cfg), "init_sha256": start_pcm.sha256 if start_pcm else ""}
+        pcm = model_file.from_circuit(model, *train.shape[1:], meta=meta)
         model_file.save_model(pcm, model_path)
         pcm = model_file.load_model(model_path)
     result.update(latents=pcm.latents, model_bytes=os.path.getsize(model_path),

@@ -22,13 +22,21 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 @click.option("--smooth", "smooth_mass", type=float, default=1.0, show_default=True,
               help="Leaf prior: pseudo-observations spread like each leaf's counts blurred over nearby values.")
 @click.option("--limit", type=int, default=None, help="Train on the first N images only.")
+@click.option("--step-start", type=float, default=0.8, show_default=True, help="First damped EM step.")
+@click.option("--step-end", type=float, default=0.05, show_default=True, help="Last damped EM step (linear decay).")
+@click.option("--shift", type=int, default=0, show_default=True,
+              help="Augmentation: each mini-batch image moved by a fresh random offset of up to N pixels.")
+@click.option("--holdout", type=int, default=0, show_default=True,
+              help="Keep N training images out of EM and keep the epoch that scores best on them.")
+@click.option("--init", "init_path", default=None,
+              help="Continue EM from this .pcm (its tree and parameters): a later, smaller-step phase.")
 @click.option("--balanced/--chow-liu", default=False, show_default=True,
               help="Balanced (centroid) variable tree of depth O(log D), or the Chow-Liu tree rooted at its centre.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocount, smooth_mass, limit, balanced,
-             device, seed, as_json):
+def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocount, smooth_mass, limit, step_start,
+             step_end, shift, holdout, init_path, balanced, device, seed, as_json):
     """Learn a pc model from IMAGES (PNG folder, .npy N x H x W uint8, MNIST IDX files)."""
     import math
     import os
@@ -44,6 +52,11 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     _positive("full-epochs", full_epochs, allow_zero=True)
     _positive("pseudocount", pseudocount, allow_zero=True)
     _positive("smooth", smooth_mass, allow_zero=True)
+    _positive("shift", shift, allow_zero=True)
+    _positive("holdout", holdout, allow_zero=True)
+    for name, v in (("step-start", step_start), ("step-end", step_end)):
+        if not 0 < v <= 1:
+            raise UserError(f"--{name} must be in (0, 1], got {v}")
     if latents > model_file.MAX_LATENTS:
         raise UserError(f"--latents must be at most {model_file.MAX_LATENTS}, got {latents}")
     parent_dir = os.path.dirname(os.path.abspath(output))
@@ -54,21 +67,33 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     data = read_images(list(images))
     pixels = data.pixels[:limit] if limit else data.pixels
     n, h, w, c = pixels.shape
+    if holdout >= n:
+        raise UserError(f"--holdout {holdout} leaves no training images (there are {n})")
+    start = None
+    if init_path is not None:
+        start_pcm = model_file.load_model(init_path)
+        if (start_pcm.height, start_pcm.width, start_pcm.channels) != (h, w, c):
+            raise UserError(f"--init {init_path} models {start_pcm.height}x{start_pcm.width}x{start_pcm.channels} "
+                            f"images, these are {h}x{w}x{c}")
+        start, latents = start_pcm.circuit(), start_pcm.latents
     cfg = circuit.TrainConfig(latents=latents, epochs=epochs, full_epochs=full_epochs, batch_size=batch_size,
-                              pseudocount=pseudocount, full_pseudocount=pseudocount, smooth_mass=smooth_mass,
+                              step_start=step_start, step_end=step_end, pseudocount=pseudocount,
+                              full_pseudocount=pseudocount, smooth_mass=smooth_mass, shift=shift, holdout=holdout,
                               balanced=balanced, seed=seed)
     t0 = time.perf_counter()
-    model, history = circuit.train(pixels.reshape(n, -1), cfg, dev)
+    model, history = circuit.train(pixels.reshape(n, -1), cfg, dev, shape=(h, w, c), init=start)
     seconds = time.perf_counter() - t0
     train_bpd = circuit.bits_per_dim(model, pixels.reshape(n, -1), device=dev)
     meta = {"images": n, "latents": latents, "epochs": epochs, "full_epochs": full_epochs,
             "batch_size": batch_size, "pseudocount": pseudocount, "smooth": smooth_mass, "balanced": balanced,
-            "seed": seed, "train_bits_per_dim": train_bpd}
+            "step_start": step_start, "step_end": step_end, "shift": shift, "holdout": holdout,
+            "init_sha256": start_pcm.sha256 if init_path else "", "seed": seed, "train_bits_per_dim": train_bpd}
     pcm = model_file.from_circuit(model, h, w, c, meta)
     sha = model_file.save_model(pcm, output)
     summary = {"output": output, "images": n, "height": h, "width": w, "channels": c, "latents": latents,
                "tree": "balanced" if balanced else "chow-liu", "tree_depth": model.depth,
-               "epochs": epochs, "full_epochs": full_epochs, "train_bits_per_dim": train_bpd,
+               "epochs": epochs, "full_epochs": full_epochs, "best_epoch": getattr(model, "best_epoch", None),
+               "train_bits_per_dim": train_bpd,
                "bits_per_dim_by_epoch": [-ll / (h * w * c * math.log(2)) for ll in history],
                "seconds": seconds, "bytes": os.path.getsize(output), "sha256": sha, "device": str(dev)}
     if as_json:

@@ -124,3 +124,55 @@ def test_expected_counts_are_flows():
     assert torch.allclose(leaf.sum((1, 2)), torch.full((64,), 50.0), rtol=1e-4)
     non_root = [i for i in range(64) if i != model.root]
     assert torch.allclose(edge[non_root].sum((1, 2)), torch.full((63,), 50.0), rtol=1e-4)
+
+
+def test_shift_images_translates_each_image_with_zero_fill():
+    h, w, s = 7, 9, 2
+    x = torch.zeros(400, h * w, dtype=torch.long)
+    x[:, 3 * w + 4] = 200                                              # one bright pixel, away from the border
+    x[:, 0] = 50                                                       # one in the corner: may leave the frame
+    out = circuit.shift_images(x, (h, w, 1), s, torch.Generator().manual_seed(0)).reshape(400, h, w)
+    seen = set()
+    for img in out:
+        (r,), (c,) = np.nonzero(img.numpy() == 200)
+        dy, dx = r - 3, c - 4
+        assert abs(dy) <= s and abs(dx) <= s
+        seen.add((dy, dx))
+        corner = img.numpy() == 50                                     # the corner pixel moved by the same amount
+        assert corner.sum() == (dy >= 0 and dx >= 0) and (not corner.any() or corner[dy, dx])
+        assert set(np.unique(img.numpy())) <= {0, 50, 200}             # the uncovered border is filled with 0
+    assert len(seen) == (2 * s + 1) ** 2                               # every offset is drawn
+
+
+def test_holdout_keeps_the_best_epoch():
+    x = _digits()[:400] * 15                   # 100 training images, 300 held out
+    scores = []
+    # near-plain full-batch EM after the mini-batch epochs overfits 100 images: the held-out score gets worse
+    cfg = circuit.TrainConfig(latents=16, epochs=4, full_epochs=4, batch_size=25, step_start=0.8, step_end=0.5,
+                              pseudocount=0.01, full_pseudocount=1e-6, smooth_mass=0.0, holdout=300)
+    model, history = circuit.train(x, cfg, torch.device("cpu"), log=lambda e, ll, sc: scores.append(sc["holdout"]))
+    assert len(scores) == 8 and model.best_epoch == int(np.argmin(scores)) < 7
+    g = torch.Generator().manual_seed(cfg.seed)                        # train()'s split: the shuffle's last 300
+    held = torch.from_numpy(x)[torch.randperm(400, generator=g)][-300:]
+    assert circuit._bits_per_dim_float(model, held) == pytest.approx(min(scores), abs=1e-6)
+    with pytest.raises(UserError):
+        circuit.train(x, circuit.TrainConfig(latents=2, epochs=1, holdout=400), torch.device("cpu"))
+    with pytest.raises(UserError):
+        circuit.train(x, circuit.TrainConfig(latents=2, epochs=1, shift=1), torch.device("cpu"))
+
+
+def test_training_continues_from_a_model():
+    x = _digits()[:300] * 15
+    first, _ = circuit.train(x, circuit.TrainConfig(latents=4, epochs=2, batch_size=100), torch.device("cpu"))
+    # a zero step leaves every parameter where it was: the continuation starts exactly from `first`
+    still, _ = circuit.train(x, circuit.TrainConfig(latents=9, epochs=1, batch_size=100, step_start=0.0,
+                                                    step_end=0.0, seed=5), torch.device("cpu"), init=first)
+    assert np.array_equal(still.tree, first.tree) and still.latents == 4
+    for a, b in zip(still.parameters(), first.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    more, history = circuit.train(x, circuit.TrainConfig(epochs=2, batch_size=100, step_start=0.5, step_end=0.5),
+                                  torch.device("cpu"), init=first)
+    xt = torch.from_numpy(x)
+    assert float(more.log_likelihood(xt).mean()) > float(first.log_likelihood(xt).mean())
+    with pytest.raises(UserError):
+        circuit.train(x[:, :10], circuit.TrainConfig(epochs=1), torch.device("cpu"), init=first)

@@ -64,6 +64,8 @@ class IntegerHCLT:
             if p >= 0:
                 last[p] = max(last[p], last[v])
         depth = hclt.depths(self.parent)
+        self.has_children = np.zeros(self.num_vars, dtype=bool)
+        self.has_children[self.parent[self.parent >= 0]] = True
         self.completions: list[list[int]] = [[] for _ in range(self.num_vars)]
         for u in np.argsort(-depth, kind="stable"):
             self.completions[last[u]].append(int(u))
@@ -90,7 +92,8 @@ class IntegerHCLT:
             table = alpha @ self.leaf[v]                                     # [B, K], entries in [1, 2^53)
             values = yield v, table.cpu().numpy()
             col = self.leaf_t[v][torch.as_tensor(np.asarray(values, dtype=np.int64), device=dev)]  # [B, M]
-            gamma[v] = _renorm(alpha * col)
+            if self.has_children[v]:                   # a leaf of the tree has no subtree to condition
+                gamma[v] = _renorm(alpha * col)
             beta[v] = _renorm(col)
             for u in self.completions[t]:
                 pu = int(self.parent[u])
@@ -98,7 +101,8 @@ class IntegerHCLT:
                     msg = _renorm(beta[u] @ self.edge_t[u])                    # sum over z_u of edge * beta
                     gamma[pu] = _renorm(gamma[pu] * msg)
                     beta[pu] = _renorm(beta[pu] * msg)
-                del gamma[u], beta[u]
+                gamma.pop(u, None)
+                del beta[u]
 
     def tables(self, x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """All conditional tables for known images x [B, D] (tests and diagnostics)."""
