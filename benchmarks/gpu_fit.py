@@ -140,6 +140,8 @@ def run(args) -> int:
         ncb = out_dir / f"{tag}.ncb"
         s = codec.encode([src], str(ncb), opts)
         s.update(decode_speed(str(ncb), device, args.codec))
+        if args.codec == "nirvana":     # "epochs" of a NIRVANA run: the steps of a later group (the first gets 4x)
+            s["epochs"] = float(s["group_steps"][-1]) if s.get("group_steps") else float("nan")
         s.setdefault("epochs", float(value) if kind == "epochs" else float("nan"))
         s.setdefault("psnr_fit", max(s.get("group_fit_psnr") or [float("nan")]))
         s["seconds_per_epoch"] = s["fit_seconds"] / max(s["epochs"], 1e-9)

@@ -48,6 +48,7 @@ def test_cli_round_trip_and_psnr(clip_path, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["groups"] == 3 and len(summary["group_bits"]) == 3
+    assert summary["group_steps"] == [12, 3, 3]       # --epochs 3: steps per later group, 4x for the first
     assert summary["bytes"] == len(open(out, "rb").read())
     dec = str(tmp_path / "d.mkv")
     code, stdout, err = run_cli(["decode", out, "-o", dec, "--json"], capsys)

@@ -532,7 +532,7 @@ class NirvanaCodec(Codec):
         steps = torch.tensor([float(t.abs().max()) / INIT_LEVELS for t in init]).clamp_min(1e-8)
         latents = [t / s for t, s in zip(init, steps)]
         prev_q: list[np.ndarray] | None = None
-        payloads, group_bits, lams, fit_seconds, fit_psnr = [], [], [], 0.0, []
+        payloads, group_bits, lams, fit_seconds, fit_psnr, fit_steps = [], [], [], 0.0, [], []
         spent_bits, overhead_bits = 0.0, 8.0 * 600          # container, config and steps, roughly
         for k in range(n_groups):
             a, b = cfg.group_frames(k)
@@ -557,6 +557,7 @@ class NirvanaCodec(Codec):
             res = fit(model, data[a:b], fcfg)
             fit_seconds += res.seconds
             fit_psnr.append(res.psnr)
+            fit_steps.append(res.steps)
             q = model.integers()
             symbols = q if key else [x - y for x, y in zip(q, prev_q)]
             payload = encode_group(symbols, model.rate_scales().detach().cpu().numpy())
@@ -600,7 +601,7 @@ class NirvanaCodec(Codec):
             "frames": T, "height": H, "width": Wd,
             "decode_fps": round(T / max(decode_seconds, 1e-9), 1),
             "group_bits": group_bits, "group_psnr": [round(p, 3) for p in group_psnr],
-            "group_lambda": lams, "group_fit_psnr": [round(p, 3) for p in fit_psnr],
+            "group_lambda": lams, "group_fit_psnr": [round(p, 3) for p in fit_psnr], "group_steps": fit_steps,
         }
 
     # -- decode
