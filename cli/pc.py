@@ -52,8 +52,6 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     _positive("full-epochs", full_epochs, allow_zero=True)
     _positive("pseudocount", pseudocount, allow_zero=True)
     _positive("smooth", smooth_mass, allow_zero=True)
-    _positive("shift", shift, allow_zero=True)
-    _positive("holdout", holdout, allow_zero=True)
     for name, v in (("step-start", step_start), ("step-end", step_end)):
         if not 0 < v <= 1:
             raise UserError(f"--{name} must be in (0, 1], got {v}")
@@ -67,8 +65,6 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     data = read_images(list(images))
     pixels = data.pixels[:limit] if limit else data.pixels
     n, h, w, c = pixels.shape
-    if holdout >= n:
-        raise UserError(f"--holdout {holdout} leaves no training images (there are {n})")
     start = None
     if init_path is not None:
         start_pcm = model_file.load_model(init_path)

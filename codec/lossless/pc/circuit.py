@@ -206,14 +206,18 @@ def train(images: np.ndarray, cfg: TrainConfig, device: torch.device, log=None,
     Returns the model (on the CPU) and the mean training log-likelihood (nats per image) measured during each
     epoch (before that epoch's last update).
     """
+    if cfg.shift < 0:
+        raise UserError(f"--shift must be >= 0, got {cfg.shift}")
     if cfg.shift and shape is None:
         raise UserError("shift augmentation needs the image shape")
     g = torch.Generator().manual_seed(cfg.seed)
     x_all = torch.from_numpy(np.ascontiguousarray(images)).long()
     held = None
     if cfg.holdout:
-        if not 0 < cfg.holdout < len(x_all):
-            raise UserError(f"holdout must be between 1 and {len(x_all) - 1} images, got {cfg.holdout}")
+        if cfg.holdout < 0:
+            raise UserError(f"--holdout must be >= 0, got {cfg.holdout}")
+        if cfg.holdout >= len(x_all):
+            raise UserError(f"--holdout {cfg.holdout} leaves no training images (there are {len(x_all)})")
         shuffled = x_all[torch.randperm(len(x_all), generator=g)]
         x_all, held = shuffled[:-cfg.holdout], shuffled[-cfg.holdout:]
     if init is not None:
