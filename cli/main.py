@@ -304,6 +304,7 @@ def _attach_optional_commands() -> None:
 
     for module, attr, group, name in (
         ("cli.pc", "train_pc", train, "pc"),
+        ("cli.pc", "mix_pc", train, "pc-mix"),
         ("cli.student", "train_teacher", train, "teacher"),
         ("cli.student", "train_student", train, "student"),
         ("cli.student", "split", cli, "split"),

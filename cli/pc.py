@@ -97,3 +97,43 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     else:
         rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, list)]
         print_table(rows, ["field", "value"], title="ncodec train pc")
+
+
+@click.command("pc-mix")
+@click.argument("models", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="Model file to write (.pcm).")
+@click.option("--weights", default=None, help="Comma-separated mixture weights (default: equal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def mix_pc(models, output, weights, as_json):
+    """One pc model that is the mixture of MODELS (.pcm files over the same tree, e.g. phases continued from one
+    model with other --shift or --seed settings); it codes like any other model."""
+    import os
+
+    from codec.lossless.pc import circuit, model_file
+    from codec.progress import print_table, to_json
+
+    if len(models) < 2:
+        raise UserError("pc-mix needs at least two models")
+    parent_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent_dir):
+        raise UserError(f"output folder {parent_dir} does not exist")
+    if weights is not None:
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights {weights!r}: expected numbers separated by commas") from None
+    parts = [model_file.load_model(m) for m in models]
+    if len({p.shape for p in parts}) != 1:
+        raise UserError("the models code images of different shapes: " + ", ".join(
+            f"{m} {'x'.join(map(str, p.shape))}" for m, p in zip(models, parts)))
+    mix = circuit.mixture([p.circuit() for p in parts], weights)
+    meta = {"mixture_of": [p.sha256 for p in parts], "mixture_weights": weights or [1.0 / len(parts)] * len(parts),
+            "latents": mix.latents}
+    sha = model_file.save_model(model_file.from_circuit(mix, *parts[0].shape, meta), output)
+    summary = {"output": output, "models": len(parts), "latents": mix.latents, "bytes": os.path.getsize(output),
+               "sha256": sha}
+    if as_json:
+        click.echo(to_json(summary))
+    else:
+        print_table([{"field": k, "value": v} for k, v in summary.items()], ["field", "value"],
+                    title="ncodec train pc-mix")

@@ -153,3 +153,73 @@ def test_header_claiming_more_images_than_the_payload_holds(work, tmp_path):
     w.write(tmp_path / "huge.ncb")
     with pytest.raises(BitstreamError, match="cannot hold"):
         PCCodec().decode(Reader.from_path(tmp_path / "huge.ncb"), str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+
+
+def test_a_mixture_model_codes_bit_exactly_and_below_its_parts(work, tmp_path):
+    from cli.pc import mix_pc
+
+    d, test = work
+    res = CliRunner().invoke(train_pc, [str(d / "train.npy"), "-o", str(tmp_path / "b.pcm"), "--init",
+                                        str(d / "m.pcm"), "--shift", "1", "--epochs", "2", "--seed", "4",
+                                        "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(mix_pc, [str(d / "m.pcm"), str(tmp_path / "b.pcm"), "-o", str(tmp_path / "mix.pcm"),
+                                      "--json"])
+    assert res.exit_code == 0, res.output
+    mix = model_file.load_model(tmp_path / "mix.pcm")
+    assert mix.latents == 8 and len(mix.meta["mixture_of"]) == 2
+    sizes = {}
+    for name in ("m", "b", "mix"):
+        model = d / "m.pcm" if name == "m" else tmp_path / f"{name}.pcm"
+        s = PCCodec().encode([str(d / "test.npy")], str(tmp_path / f"{name}.ncb"), _opts(model))
+        sizes[name] = s["ideal_bits_per_dim"]
+    PCCodec().decode(Reader.from_path(tmp_path / "mix.ncb"), str(tmp_path / "out.npy"), _opts(tmp_path / "mix.pcm"))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), test)
+    # log(p_a/2 + p_b/2) >= (log p_a + log p_b) / 2: never worse than the parts' average
+    assert sizes["mix"] <= (sizes["m"] + sizes["b"]) / 2 + 1e-6
+
+
+def test_pc_mix_refuses_single_models_and_bad_weights(work, tmp_path, capsys):
+    from cli.main import main
+
+    d, _ = work
+    m = str(d / "m.pcm")
+    for args, fragment in (([m, m, "--weights", "1,x"], "expected numbers"), ([m, m, "--weights", "1,-1"], "positive"),
+                           ([m], "at least two"), ([m, str(d / "test.npy")], "")):
+        rc = main(["train", "pc-mix", *args, "-o", str(tmp_path / "x.pcm")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "x.pcm").exists()
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_stream_versions(work, tmp_path, version):
+    """pc streams record the coder's arithmetic version: 1 (older files) decodes with its own, 3 is refused."""
+    from bitstream.container import Writer
+    from codec.lossless.pc.codec import encode_array
+
+    d, test = work
+    model = model_file.load_model(d / "m.pcm")
+    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    reader = Reader.from_path(tmp_path / "t.ncb")
+    assert reader.codec_version == 2
+    if version == 1:
+        from bitstream.coder import RangeEncoder, TableModel
+        from codec.lossless.pc import coding
+
+        enc = RangeEncoder()
+        coding.encode_images(coding.IntegerHCLT(model.parent, model.root, model.edge, model.leaf, version=1),
+                             test.reshape(len(test), -1), enc, TableModel, chunk=25)
+        payload = enc.to_bytes()
+    else:
+        payload, _ = encode_array(model, test[..., None], batch=25)
+    w = Writer("pc", version, reader.header)
+    w.add_section("pixels", payload)
+    w.write(str(tmp_path / f"v{version}.ncb"))
+    old = Reader.from_path(tmp_path / f"v{version}.ncb")
+    if version == 1:
+        PCCodec().decode(old, str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+        assert np.array_equal(np.load(tmp_path / "o.npy"), test)
+    else:
+        with pytest.raises(BitstreamError, match="version 3 is unknown"):
+            PCCodec().decode(old, str(tmp_path / "o.npy"), _opts(d / "m.pcm"))

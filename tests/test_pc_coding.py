@@ -98,3 +98,44 @@ def test_tiny_and_multichannel_images_round_trip(shape):
     pcm = model_file.from_bytes(model_file.to_bytes(model_file.from_circuit(model, *shape)))
     data, _ = encode_array(pcm, x, batch=7)
     assert np.array_equal(decode_array(pcm, data, len(x), batch=7), x)
+
+
+def _two_component_mixture():
+    """Two HCLTs over one tree, one emitting only dark values, one only bright ones (the rest 1e-30)."""
+    parent = np.array([-1, 0, 1, 2, 3, 4, 2, 6])                       # 0-1-2, then 3-4-5 and 6-7 below 2
+    parts = []
+    for lo in (0, 128):
+        m = circuit.HCLT(parent, latents=2)
+        leaf = torch.full((8, 2, 256), 1e-30, dtype=torch.float64)
+        leaf[:, :, lo:lo + 128] = 1.0
+        with torch.no_grad():
+            m.log_leaf.copy_((leaf / leaf.sum(-1, keepdim=True)).log().float())
+        parts.append(m)
+    mix = circuit.mixture(parts)
+    return model_file.from_bytes(model_file.to_bytes(model_file.from_circuit(mix, 1, 8, 1)))
+
+
+def test_a_mixture_whose_components_disagree_codes_exactly():
+    """Dark pixels above, bright ones in a finished subtree: each side's message floors the other component's
+    states to zero. Version 1 arithmetic multiplied them into an all-zero row (a 0/0 table); version 2 keeps
+    every message entry >= 1 and codes the image."""
+    pcm = _two_component_mixture()
+    x = np.array([[10, 20, 30, 200, 210, 220, 40, 50], [200] * 8, [5] * 8], np.uint8).reshape(3, 1, 8, 1)
+    old = coding.IntegerHCLT(pcm.parent, pcm.root, pcm.edge, pcm.leaf, version=1)
+    assert any(np.isnan(t).any() for _, t in old.tables(x.reshape(3, -1)))
+    new = coding.IntegerHCLT(pcm.parent, pcm.root, pcm.edge, pcm.leaf)
+    assert all(t.min() >= 1 for _, t in new.tables(x.reshape(3, -1)))
+    data, _ = encode_array(pcm, x)
+    assert np.array_equal(decode_array(pcm, data, len(x)), x)
+
+
+def test_version_1_streams_still_decode(pcm, digits):
+    from bitstream.coder import RangeEncoder, TableModel
+
+    x = _hard_cases(digits)
+    enc = RangeEncoder()
+    coding.encode_images(coding.IntegerHCLT(pcm.parent, pcm.root, pcm.edge, pcm.leaf, version=1),
+                         x.reshape(len(x), -1), enc, TableModel)
+    data = enc.to_bytes()
+    assert np.array_equal(decode_array(pcm, data, len(x), version=1), x)
+    assert not np.array_equal(decode_array(pcm, data, len(x)), x)       # the arithmetic did change

@@ -176,3 +176,26 @@ def test_training_continues_from_a_model():
     assert float(more.log_likelihood(xt).mean()) > float(first.log_likelihood(xt).mean())
     with pytest.raises(UserError):
         circuit.train(x[:, :10], circuit.TrainConfig(epochs=1), torch.device("cpu"), init=first)
+
+
+def test_mixture_is_one_hclt_whose_likelihood_is_the_weighted_sum():
+    x = _digits()[:300] * 15
+    xt = torch.from_numpy(x)
+    a, _ = circuit.train(x, circuit.TrainConfig(latents=3, epochs=2, batch_size=100), torch.device("cpu"))
+    # b: continued from a (same tree) with other settings, so the two differ
+    b, _ = circuit.train(x, circuit.TrainConfig(epochs=2, batch_size=50, shift=1, seed=3), torch.device("cpu"),
+                         init=a, shape=(8, 8, 1))
+    mix = circuit.mixture([a, b], [0.3, 0.7])
+    assert mix.latents == 6 and np.array_equal(mix.tree, a.tree)
+    want = torch.logaddexp(a.log_likelihood(xt) + math.log(0.3), b.log_likelihood(xt) + math.log(0.7))
+    assert torch.allclose(mix.log_likelihood(xt), want, atol=1e-3)
+    equal = circuit.mixture([a, b])
+    want = torch.logaddexp(a.log_likelihood(xt), b.log_likelihood(xt)) - math.log(2)
+    assert torch.allclose(equal.log_likelihood(xt), want, atol=1e-3)
+    other, _ = circuit.train(x[:, ::-1].copy(), circuit.TrainConfig(latents=3, epochs=1), torch.device("cpu"))
+    with pytest.raises(UserError, match="share their tree"):
+        circuit.mixture([a, other])
+    with pytest.raises(UserError, match="positive"):
+        circuit.mixture([a, b], [1.0, 0.0])
+    with pytest.raises(UserError, match="at least two"):
+        circuit.mixture([a])

@@ -146,6 +146,38 @@ class HCLT(torch.nn.Module):
             param.data.copy_(v.log().to(param.dtype))
 
 
+
+def mixture(models: list[HCLT], weights: list[float] | None = None) -> HCLT:
+    """The mixture sum_k w_k p_k(x) of HCLTs over the same tree, as one HCLT: their latent states side by side
+    (M = sum of the M_k), the root's states weighted by w_k, edges block-diagonal (a state never leads into
+    another model's states), leaves as they were. A mixture of circuits is a circuit, so the coder codes it
+    unchanged. Why: models that overfit their training images differently (other augmentation, seed or sample)
+    code unseen images better together than each alone (an ensemble); equal weights need no held-out data."""
+    if len(models) < 2:
+        raise UserError("a mixture needs at least two models")
+    first = models[0]
+    for m in models[1:]:
+        if m.num_vars != first.num_vars or not np.array_equal(m.tree, first.tree) or m.num_cats != first.num_cats:
+            raise UserError("the models of a mixture must share their tree (train them from one model with --init)")
+    weights = [1.0 / len(models)] * len(models) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(models) or not all(w > 0 and math.isfinite(w) for w in weights):
+        raise UserError(f"mixture weights must be {len(models)} positive numbers, got {weights}")
+    total = sum(weights)
+    sizes = [m.latents for m in models]
+    mix = HCLT(first.tree, sum(sizes), first.num_cats)
+    edge = torch.zeros(first.num_vars, mix.latents, mix.latents, dtype=torch.float64)
+    at = 0
+    for m, size in zip(models, sizes):
+        edge[:, at:at + size, at:at + size] = m.log_edge.detach().double().cpu().exp()
+        at += size
+    root = torch.cat([m.log_root.detach().double().cpu().exp() * (w / total) for m, w in zip(models, weights)])
+    leaf = torch.cat([m.log_leaf.detach().double().cpu() for m in models], dim=1)
+    with torch.no_grad():
+        mix.log_root.copy_(root.clamp_min(1e-30).log().float())
+        mix.log_edge.copy_(edge.clamp_min(1e-30).log().float())
+        mix.log_leaf.copy_(leaf.float())
+    return mix
+
 _BLUR: dict = {}
 
 

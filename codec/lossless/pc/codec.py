@@ -30,8 +30,8 @@ MAX_BATCH = 1 << 20
 _NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.png", re.IGNORECASE)
 
 
-def integer_model(model: PCModel, device) -> coding.IntegerHCLT:
-    return coding.IntegerHCLT(model.parent, model.root, model.edge, model.leaf, device=device)
+def integer_model(model: PCModel, device, version: int = coding.VERSION) -> coding.IntegerHCLT:
+    return coding.IntegerHCLT(model.parent, model.root, model.edge, model.leaf, device=device, version=version)
 
 
 def encode_array(model: PCModel, pixels: np.ndarray, device="cpu", batch: int = DEFAULT_BATCH,
@@ -46,12 +46,12 @@ def encode_array(model: PCModel, pixels: np.ndarray, device="cpu", batch: int = 
 
 
 def decode_array(model: PCModel, data: bytes, count: int, device="cpu", batch: int = DEFAULT_BATCH,
-                 on_batch=None) -> np.ndarray:
-    """Inverse of encode_array: [count, H, W, C] uint8."""
+                 on_batch=None, version: int = coding.VERSION) -> np.ndarray:
+    """Inverse of encode_array (a stream coded with the coder's `version`): [count, H, W, C] uint8."""
     from bitstream.coder import RangeDecoder, TableModel
 
     dec = RangeDecoder(data)
-    flat = coding.decode_images(integer_model(model, device), dec, count, TableModel, chunk=batch,
+    flat = coding.decode_images(integer_model(model, device, version), dec, count, TableModel, chunk=batch,
                                 on_chunk=on_batch)
     return flat.reshape(count, model.height, model.width, model.channels)
 
@@ -65,7 +65,7 @@ def _device(opts: dict[str, Any]):
 @register
 class PCCodec(Codec):
     name = "pc"
-    version = 1
+    version = coding.VERSION          # the coder's message arithmetic (coding.py); version 1 files still decode
     kind = "images"
     takes_many_inputs = True          # every image goes into the one .ncb file
     description = "lossless images: hidden Chow-Liu tree circuit (--model MODEL.pcm) + range coder"
@@ -112,6 +112,9 @@ class PCCodec(Codec):
 
     def _check(self, reader) -> dict[str, Any]:
         reader.require_known({"pixels", "names"})
+        if reader.codec_version not in (1, 2):
+            raise BitstreamError(f"pc stream version {reader.codec_version} is unknown to this ncodec (it decodes "
+                                 f"1 and 2): upgrade ncodec")
         hdr = reader.header
         if hdr.get("kind") != "images":
             raise BitstreamError(f"header: kind {hdr.get('kind')!r} is not 'images'")
@@ -149,7 +152,8 @@ class PCCodec(Codec):
         device = _device(opts)
         t0 = time.perf_counter()
         with progress(total=n, desc="pc decode", unit="img") as bar:
-            pixels = decode_array(model, payload, n, device, hdr["batch"], on_batch=bar.update)
+            pixels = decode_array(model, payload, n, device, hdr["batch"], on_batch=bar.update,
+                                  version=reader.codec_version)
         seconds = time.perf_counter() - t0
         written = write_images(output, pixels, names, squeeze=bool(hdr["squeeze"]))
         return {"output": output, "format": written, "images": n, "height": shape[0], "width": shape[1],

@@ -13,10 +13,15 @@ M x 256 product for its table and, once its subtree is done, one M x M product u
 whole image O(D M (M + 256)), below the O(log D |p|) per pixel of the paper's vtree scheme.
 
 Determinism. Parameters are integers (probabilities times 2^28, at least 1) and every message is renormalised
-to integers that sum to at most 2^24, all held in float64. Every product and sum then stays an integer below
+to integers that are at least 1 and sum to at most 2^24, all held in float64. Every product and sum then stays an integer below
 2^53, which float64 represents exactly whatever the summation order, BLAS kernel, thread count, batch size or
 device; renormalising is one correctly rounded division and a floor. So the encoder and the decoder compute the
 same integer tables on any machine, and each table has every entry >= 1.
+
+Versions. Version 1 floored messages to integers >= 0. A mixture model (circuit.mixture) broke it: when the
+pixels seen so far favour one component and a finished subtree another, both messages can floor the other's
+states to 0 and their product is all zeros (a 0/0 table). Version 2 floors at 2^23 and adds 1, so every
+entry stays >= 1 and no row can vanish; version 1 streams still decode with version 1 arithmetic.
 """
 from __future__ import annotations
 
@@ -31,10 +36,18 @@ from codec.lossless.pc import hclt
 PARAM_BITS = 28         # parameter precision: p -> floor(p * 2^28) + 1
 MESSAGE_BITS = 24       # messages sum to at most 2^24; 24 + 28 + 1 < 53 keeps every sum exact in float64
 _MSG_SCALE = float(2 ** MESSAGE_BITS)
+VERSION = 2             # the message arithmetic below; files record it as the pc codec's version
+MAX_LATENTS = 2 ** (MESSAGE_BITS - 1)
 
 
 def _renorm(v: torch.Tensor) -> torch.Tensor:
-    """Integers summing to <= 2^24 along the last axis, proportional to v (itself integer, sum < 2^53)."""
+    """Integers >= 1 summing to <= 2^23 + M <= 2^24 along the last axis, proportional to v (integer, sum < 2^53)
+    up to the +1: a power-of-two scaling (exact), one correctly rounded division and a floor."""
+    return torch.floor(v * (_MSG_SCALE / 2) / v.sum(-1, keepdim=True)) + 1.0
+
+
+def _renorm_v1(v: torch.Tensor) -> torch.Tensor:
+    """Version 1: integers >= 0 summing to <= 2^24 (a row can vanish under a mixture model, see above)."""
     return torch.floor(v * _MSG_SCALE / v.sum(-1, keepdim=True))
 
 
@@ -48,7 +61,12 @@ class IntegerHCLT:
     """The coder's view of a model: the tree, the coding schedule and integer parameter tables on a device."""
 
     def __init__(self, parent: np.ndarray, root: np.ndarray, edge: np.ndarray, leaf: np.ndarray,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", version: int = VERSION):
+        if version not in (1, 2):
+            raise ValueError(f"pc coder version {version} is unknown (1 and 2 are)")
+        if root.shape[0] > MAX_LATENTS:
+            raise ValueError(f"{root.shape[0]} latent states: the coder's messages allow at most {MAX_LATENTS}")
+        self.renorm = _renorm if version == 2 else _renorm_v1
         self.parent = hclt.check_tree(parent)
         self.num_vars = len(self.parent)
         self.latents = root.shape[0]
@@ -70,7 +88,7 @@ class IntegerHCLT:
         for u in np.argsort(-depth, kind="stable"):
             self.completions[last[u]].append(int(u))
         dev = self.device
-        self.root_alpha = _renorm(torch.from_numpy(quantize_params(root)).to(dev))      # [M]
+        self.root_alpha = self.renorm(torch.from_numpy(quantize_params(root)).to(dev))      # [M]
         self.edge = torch.from_numpy(quantize_params(edge)).to(dev)                    # [D, M_parent, M_child]
         self.edge_t = self.edge.transpose(1, 2).contiguous()                            # [D, M_child, M_parent]
         self.leaf = torch.from_numpy(quantize_params(leaf)).to(dev)                     # [D, M, K]
@@ -79,7 +97,7 @@ class IntegerHCLT:
     def walk(self, batch: int) -> Generator[tuple[int, np.ndarray], np.ndarray, None]:
         """Yields (pixel index, integer table [batch, K] as float64) in coding order; send back that pixel's
         values [batch] (the encoder sends what it has, the decoder what it decoded)."""
-        dev = self.device
+        dev, renorm = self.device, self.renorm
         gamma: dict[int, torch.Tensor] = {}
         beta: dict[int, torch.Tensor] = {}
         for t, v in enumerate(self.order):
@@ -88,19 +106,19 @@ class IntegerHCLT:
             if p < 0:
                 alpha = self.root_alpha.expand(batch, self.latents)
             else:
-                alpha = _renorm(gamma[p] @ self.edge[v])
+                alpha = renorm(gamma[p] @ self.edge[v])
             table = alpha @ self.leaf[v]                                     # [B, K], entries in [1, 2^53)
             values = yield v, table.cpu().numpy()
             col = self.leaf_t[v][torch.as_tensor(np.asarray(values, dtype=np.int64), device=dev)]  # [B, M]
             if self.has_children[v]:                   # a leaf of the tree has no subtree to condition
-                gamma[v] = _renorm(alpha * col)
-            beta[v] = _renorm(col)
+                gamma[v] = renorm(alpha * col)
+            beta[v] = renorm(col)
             for u in self.completions[t]:
                 pu = int(self.parent[u])
                 if pu >= 0:
-                    msg = _renorm(beta[u] @ self.edge_t[u])                    # sum over z_u of edge * beta
-                    gamma[pu] = _renorm(gamma[pu] * msg)
-                    beta[pu] = _renorm(beta[pu] * msg)
+                    msg = renorm(beta[u] @ self.edge_t[u])                    # sum over z_u of edge * beta
+                    gamma[pu] = renorm(gamma[pu] * msg)
+                    beta[pu] = renorm(beta[pu] * msg)
                 gamma.pop(u, None)
                 del beta[u]
 
