@@ -96,6 +96,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--test", nargs="*", default=None, help="Test images (default: sklearn digits).")
     ap.add_argument("--model", default=None, help="Use this .pcm instead of training one.")
     ap.add_argument("--init", default=None, help="Continue EM from this .pcm (a second phase of a schedule).")
+    ap.add_argument("--tree-from", default=None,
+                    help="Fresh parameters on this .pcm's tree (a model that can join it in a mixture).")
     ap.add_argument("--step-start", type=float, default=0.8, help="First damped EM step.")
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=25)
@@ -154,14 +156,16 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         start_pcm = model_file.load_model(args.init) if args.init else None
         start = start_pcm.circuit() if start_pcm else None
+        tree = model_file.load_model(args.tree_from).parent if args.tree_from else None
         model, history = circuit.train(train.reshape(len(train), -1), cfg, dev, shape=train.shape[1:],
-                                       valid=watch, init=start, log=lambda epoch, ll, scores: curve.append(
+                                       valid=watch, init=start, tree=tree, log=lambda epoch, ll, scores: curve.append(
                                            {"epoch": epoch, "seconds": time.perf_counter() - t0, **scores}))
         result["train_seconds"] = time.perf_counter() - t0
         result["train_images"] = len(train)
         result["train_device"] = device_name(dev)
         result["train_config"] = vars(cfg)
         result["init"] = args.init
+        result["tree_from"] = args.tree_from
         result["curve_bpd"] = curve       # per epoch: train (during the epoch), holdout / valid (after it)
         result["best_epoch"] = getattr(model, "best_epoch", None)
         meta = {"benchmark": args.name, **vars(cfg), "init_sha256": start_pcm.sha256 if start_pcm else ""}

@@ -30,13 +30,16 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
               help="Keep N training images out of EM and keep the epoch that scores best on them.")
 @click.option("--init", "init_path", default=None,
               help="Continue EM from this .pcm (its tree and parameters): a later, smaller-step phase.")
+@click.option("--tree-from", "tree_path", default=None,
+              help="Fresh parameters on this .pcm's tree instead of learning one (a model that can join it in "
+                   "a mixture, see pc-mix).")
 @click.option("--balanced/--chow-liu", default=False, show_default=True,
               help="Balanced (centroid) variable tree of depth O(log D), or the Chow-Liu tree rooted at its centre.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocount, smooth_mass, limit, step_start,
-             step_end, shift, holdout, init_path, balanced, device, seed, as_json):
+             step_end, shift, holdout, init_path, tree_path, balanced, device, seed, as_json):
     """Learn a pc model from IMAGES (PNG folder, .npy N x H x W uint8, MNIST IDX files)."""
     import math
     import os
@@ -72,18 +75,26 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
             raise UserError(f"--init {init_path} models {start_pcm.height}x{start_pcm.width}x{start_pcm.channels} "
                             f"images, these are {h}x{w}x{c}")
         start, latents = start_pcm.circuit(), start_pcm.latents
+    tree = None
+    if tree_path is not None:
+        tree_pcm = model_file.load_model(tree_path)
+        if tree_pcm.shape != (h, w, c):
+            raise UserError(f"--tree-from {tree_path} models {'x'.join(map(str, tree_pcm.shape))} images, these are "
+                            f"{h}x{w}x{c}")
+        tree = tree_pcm.parent
     cfg = circuit.TrainConfig(latents=latents, epochs=epochs, full_epochs=full_epochs, batch_size=batch_size,
                               step_start=step_start, step_end=step_end, pseudocount=pseudocount,
                               full_pseudocount=pseudocount, smooth_mass=smooth_mass, shift=shift, holdout=holdout,
                               balanced=balanced, seed=seed)
     t0 = time.perf_counter()
-    model, history = circuit.train(pixels.reshape(n, -1), cfg, dev, shape=(h, w, c), init=start)
+    model, history = circuit.train(pixels.reshape(n, -1), cfg, dev, shape=(h, w, c), init=start, tree=tree)
     seconds = time.perf_counter() - t0
     train_bpd = circuit.bits_per_dim(model, pixels.reshape(n, -1), device=dev)
     meta = {"images": n, "latents": latents, "epochs": epochs, "full_epochs": full_epochs,
             "batch_size": batch_size, "pseudocount": pseudocount, "smooth": smooth_mass, "balanced": balanced,
             "step_start": step_start, "step_end": step_end, "shift": shift, "holdout": holdout,
-            "init_sha256": start_pcm.sha256 if init_path else "", "seed": seed, "train_bits_per_dim": train_bpd}
+            "init_sha256": start_pcm.sha256 if init_path else "",
+            "tree_sha256": tree_pcm.sha256 if tree_path else "", "seed": seed, "train_bits_per_dim": train_bpd}
     pcm = model_file.from_circuit(model, h, w, c, meta)
     sha = model_file.save_model(pcm, output)
     summary = {"output": output, "images": n, "height": h, "width": w, "channels": c, "latents": latents,

@@ -199,3 +199,19 @@ def test_mixture_is_one_hclt_whose_likelihood_is_the_weighted_sum():
         circuit.mixture([a, b], [1.0, 0.0])
     with pytest.raises(UserError, match="at least two"):
         circuit.mixture([a])
+
+
+def test_training_on_a_given_tree_starts_fresh():
+    x = _digits()[:300] * 15
+    first, _ = circuit.train(x, circuit.TrainConfig(latents=3, epochs=2, batch_size=100), torch.device("cpu"))
+    other, _ = circuit.train(x, circuit.TrainConfig(latents=5, epochs=2, batch_size=100, seed=9), torch.device("cpu"),
+                             tree=first.tree)
+    assert np.array_equal(other.tree, first.tree) and other.latents == 5
+    assert circuit.mixture([first, other]).latents == 8                 # so the two can be mixed
+    same, _ = circuit.train(x, circuit.TrainConfig(latents=3, epochs=2, batch_size=100, seed=9), torch.device("cpu"),
+                            tree=first.tree)
+    assert not torch.allclose(same.log_leaf, first.log_leaf)            # fresh parameters, not first's
+    with pytest.raises(UserError, match="not both"):
+        circuit.train(x, circuit.TrainConfig(epochs=1), torch.device("cpu"), init=first, tree=first.tree)
+    with pytest.raises(UserError, match="pixels"):
+        circuit.train(x[:, :10], circuit.TrainConfig(epochs=1), torch.device("cpu"), tree=first.tree)

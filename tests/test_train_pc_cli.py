@@ -37,6 +37,10 @@ def test_shift_holdout_and_a_second_phase_from_init(capsys, digits):
     assert np.array_equal(second.parent, first.parent) and second.latents == first.latents == 4
     assert second.meta["init_sha256"] == first.sha256 and not np.array_equal(second.leaf, first.leaf)
     assert json.loads(out)["latents"] == 4
+    code, out, err = train(capsys, digits, "-o", digits / "t.pcm", "--tree-from", digits / "a.pcm", "--latents", "3")
+    assert code == 0, err
+    fresh = model_file.load_model(digits / "t.pcm")
+    assert np.array_equal(fresh.parent, first.parent) and fresh.latents == 3 and fresh.meta["tree_sha256"] == first.sha256
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -58,3 +62,7 @@ def test_init_of_another_image_size_is_refused(capsys, digits, tmp_path):
                  str(digits / "c.pcm"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "models 8x8x1 images, these are 9x9x1" in err, err
+    code = main(["train", "pc", str(tmp_path / "big.npy"), "-o", str(tmp_path / "d.pcm"), "--tree-from",
+                 str(digits / "c.pcm"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tree-from" in err and "8x8x1" in err and err.count("\n") == 1, err

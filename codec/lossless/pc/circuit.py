@@ -226,10 +226,12 @@ class TrainConfig:
 
 def train(images: np.ndarray, cfg: TrainConfig, device: torch.device, log=None,
           shape: tuple[int, int, int] | None = None, valid: np.ndarray | None = None,
-          init: HCLT | None = None) -> tuple[HCLT, list[float]]:
+          init: HCLT | None = None, tree: np.ndarray | None = None) -> tuple[HCLT, list[float]]:
     """Structure from the images, then mini-batch EM with a decaying damped step, then full-batch EM.
     With `init` (a trained HCLT over the same pixels), EM continues from it: its tree and parameters are the
     start, and `cfg.latents`/`cfg.balanced` are ignored (a second, smaller-step phase of a long schedule).
+    With `tree` (a parent array, e.g. another model's), EM starts from fresh parameters on that tree instead of
+    learning one: an independent model that can join that one in a mixture.
 
     images: [N, D] uint8; `shape` (H, W, C) is needed for the shift augmentation. With `cfg.holdout` > 0 the
     last `holdout` images (after a seeded shuffle) are held out: each epoch's model is scored on them and the
@@ -252,6 +254,10 @@ def train(images: np.ndarray, cfg: TrainConfig, device: torch.device, log=None,
             raise UserError(f"--holdout {cfg.holdout} leaves no training images (there are {len(x_all)})")
         shuffled = x_all[torch.randperm(len(x_all), generator=g)]
         x_all, held = shuffled[:-cfg.holdout], shuffled[-cfg.holdout:]
+    if tree is not None and init is not None:
+        raise UserError("give a starting model or a tree, not both")
+    if tree is not None and len(tree) != x_all.shape[1]:
+        raise UserError(f"the tree has {len(tree)} pixels, the images {x_all.shape[1]}")
     if init is not None:
         if init.num_vars != x_all.shape[1]:
             raise UserError(f"the starting model has {init.num_vars} pixels, the images {x_all.shape[1]}")
@@ -259,8 +265,10 @@ def train(images: np.ndarray, cfg: TrainConfig, device: torch.device, log=None,
         model.load_state_dict(init.state_dict())
     else:
         # The Chow-Liu tree from at most 5000 images, as the official recipe (its MI is O(N D^2 levels^2)).
-        sub = x_all[torch.randperm(len(x_all), generator=g)[:5000]].numpy()
-        model = HCLT(hclt.learn_structure(sub, balanced=cfg.balanced), cfg.latents)
+        if tree is None:
+            sub = x_all[torch.randperm(len(x_all), generator=g)[:5000]].numpy()
+            tree = hclt.learn_structure(sub, balanced=cfg.balanced)
+        model = HCLT(tree, cfg.latents)
         model.init_params(x_all, g)
     model.to(device)
     x_dev = x_all.to(device)
