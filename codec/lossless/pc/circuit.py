@@ -158,7 +158,8 @@ def mixture(models: list[HCLT], weights: list[float] | None = None) -> HCLT:
     first = models[0]
     for m in models[1:]:
         if m.num_vars != first.num_vars or not np.array_equal(m.tree, first.tree) or m.num_cats != first.num_cats:
-            raise UserError("the models of a mixture must share their tree (train them from one model with --init)")
+            raise UserError("the models of a mixture must share their tree (continue them from one model with --init, "
+                            "or train them with --tree-from)")
     weights = [1.0 / len(models)] * len(models) if weights is None else [float(w) for w in weights]
     if len(weights) != len(models) or not all(w > 0 and math.isfinite(w) for w in weights):
         raise UserError(f"mixture weights must be {len(models)} positive numbers, got {weights}")
