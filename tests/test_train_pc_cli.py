@@ -40,7 +40,8 @@ def test_shift_holdout_and_a_second_phase_from_init(capsys, digits):
     code, out, err = train(capsys, digits, "-o", digits / "t.pcm", "--tree-from", digits / "a.pcm", "--latents", "3")
     assert code == 0, err
     fresh = model_file.load_model(digits / "t.pcm")
-    assert np.array_equal(fresh.parent, first.parent) and fresh.latents == 3 and fresh.meta["tree_sha256"] == first.sha256
+    assert np.array_equal(fresh.parent, first.parent) and fresh.latents == 3
+    assert fresh.meta["tree_sha256"] == first.sha256
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -146,7 +146,6 @@ class HCLT(torch.nn.Module):
             param.data.copy_(v.log().to(param.dtype))
 
 
-
 def mixture(models: list[HCLT], weights: list[float] | None = None) -> HCLT:
     """The mixture sum_k w_k p_k(x) of HCLTs over the same tree, as one HCLT: their latent states side by side
     (M = sum of the M_k), the root's states weighted by w_k, edges block-diagonal (a state never leads into
@@ -178,6 +177,7 @@ def mixture(models: list[HCLT], weights: list[float] | None = None) -> HCLT:
         mix.log_edge.copy_(edge.clamp_min(1e-30).log().float())
         mix.log_leaf.copy_(leaf.float())
     return mix
+
 
 _BLUR: dict = {}
 

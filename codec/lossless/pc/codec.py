@@ -112,9 +112,9 @@ class PCCodec(Codec):
 
     def _check(self, reader) -> dict[str, Any]:
         reader.require_known({"pixels", "names"})
-        if reader.codec_version not in (1, 2):
+        if reader.codec_version not in coding.VERSIONS:
             raise BitstreamError(f"pc stream version {reader.codec_version} is unknown to this ncodec (it decodes "
-                                 f"1 and 2): upgrade ncodec")
+                                 f"{', '.join(map(str, coding.VERSIONS))}): upgrade ncodec")
         hdr = reader.header
         if hdr.get("kind") != "images":
             raise BitstreamError(f"header: kind {hdr.get('kind')!r} is not 'images'")

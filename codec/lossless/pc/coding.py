@@ -13,10 +13,10 @@ M x 256 product for its table and, once its subtree is done, one M x M product u
 whole image O(D M (M + 256)), below the O(log D |p|) per pixel of the paper's vtree scheme.
 
 Determinism. Parameters are integers (probabilities times 2^28, at least 1) and every message is renormalised
-to integers that are at least 1 and sum to at most 2^24, all held in float64. Every product and sum then stays an integer below
-2^53, which float64 represents exactly whatever the summation order, BLAS kernel, thread count, batch size or
-device; renormalising is one correctly rounded division and a floor. So the encoder and the decoder compute the
-same integer tables on any machine, and each table has every entry >= 1.
+to integers that are at least 1 and sum to at most 2^24, all held in float64. Every product and sum then stays
+an integer below 2^53, which float64 represents exactly whatever the summation order, BLAS kernel, thread count,
+batch size or device; renormalising is one correctly rounded division and a floor. So the encoder and the
+decoder compute the same integer tables on any machine, and each table has every entry >= 1.
 
 Versions. Version 1 floored messages to integers >= 0. A mixture model (circuit.mixture) broke it: when the
 pixels seen so far favour one component and a finished subtree another, both messages can floor the other's
@@ -37,6 +37,7 @@ PARAM_BITS = 28         # parameter precision: p -> floor(p * 2^28) + 1
 MESSAGE_BITS = 24       # messages sum to at most 2^24; 24 + 28 + 1 < 53 keeps every sum exact in float64
 _MSG_SCALE = float(2 ** MESSAGE_BITS)
 VERSION = 2             # the message arithmetic below; files record it as the pc codec's version
+VERSIONS = (1, 2)       # the versions this coder reproduces (decoding older files)
 MAX_LATENTS = 2 ** (MESSAGE_BITS - 1)
 
 
@@ -62,8 +63,8 @@ class IntegerHCLT:
 
     def __init__(self, parent: np.ndarray, root: np.ndarray, edge: np.ndarray, leaf: np.ndarray,
                  device: torch.device | str = "cpu", version: int = VERSION):
-        if version not in (1, 2):
-            raise ValueError(f"pc coder version {version} is unknown (1 and 2 are)")
+        if version not in VERSIONS:
+            raise ValueError(f"pc coder version {version} is unknown (known: {VERSIONS})")
         if root.shape[0] > MAX_LATENTS:
             raise ValueError(f"{root.shape[0]} latent states: the coder's messages allow at most {MAX_LATENTS}")
         self.renorm = _renorm if version == 2 else _renorm_v1
