@@ -156,7 +156,8 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         start_pcm = model_file.load_model(args.init) if args.init else None
         start = start_pcm.circuit() if start_pcm else None
-        tree = model_file.load_model(args.tree_from).parent if args.tree_from else None
+        tree_pcm = model_file.load_model(args.tree_from) if args.tree_from else None
+        tree = tree_pcm.parent if tree_pcm else None
         model, history = circuit.train(train.reshape(len(train), -1), cfg, dev, shape=train.shape[1:],
                                        valid=watch, init=start, tree=tree, log=lambda epoch, ll, scores: curve.append(
                                            {"epoch": epoch, "seconds": time.perf_counter() - t0, **scores}))
@@ -168,7 +169,8 @@ def main(argv=None) -> dict:
         result["tree_from"] = args.tree_from
         result["curve_bpd"] = curve       # per epoch: train (during the epoch), holdout / valid (after it)
         result["best_epoch"] = getattr(model, "best_epoch", None)
-        meta = {"benchmark": args.name, **vars(cfg), "init_sha256": start_pcm.sha256 if start_pcm else ""}
+        meta = {"benchmark": args.name, **vars(cfg), "init_sha256": start_pcm.sha256 if start_pcm else "",
+                "tree_sha256": tree_pcm.sha256 if tree_pcm else ""}
         pcm = model_file.from_circuit(model, *train.shape[1:], meta=meta)
         model_file.save_model(pcm, model_path)
         pcm = model_file.load_model(model_path)

@@ -11,6 +11,19 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise UserError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
+def _model_for(option: str, path: str | None, shape: tuple[int, int, int]):
+    """The .pcm an option names (None without one), refused unless it models images of `shape`."""
+    if path is None:
+        return None
+    from codec.lossless.pc import model_file
+
+    pcm = model_file.load_model(path)
+    if pcm.shape != shape:
+        raise UserError(f"{option} {path} models {'x'.join(map(str, pcm.shape))} images, these are "
+                        f"{'x'.join(map(str, shape))}")
+    return pcm
+
+
 @click.command("pc")
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Model file to write (.pcm).")
@@ -68,20 +81,11 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     data = read_images(list(images))
     pixels = data.pixels[:limit] if limit else data.pixels
     n, h, w, c = pixels.shape
-    start = None
-    if init_path is not None:
-        start_pcm = model_file.load_model(init_path)
-        if (start_pcm.height, start_pcm.width, start_pcm.channels) != (h, w, c):
-            raise UserError(f"--init {init_path} models {start_pcm.height}x{start_pcm.width}x{start_pcm.channels} "
-                            f"images, these are {h}x{w}x{c}")
-        start, latents = start_pcm.circuit(), start_pcm.latents
-    tree = None
-    if tree_path is not None:
-        tree_pcm = model_file.load_model(tree_path)
-        if tree_pcm.shape != (h, w, c):
-            raise UserError(f"--tree-from {tree_path} models {'x'.join(map(str, tree_pcm.shape))} images, these are "
-                            f"{h}x{w}x{c}")
-        tree = tree_pcm.parent
+    start_pcm = _model_for("--init", init_path, (h, w, c))
+    tree_pcm = _model_for("--tree-from", tree_path, (h, w, c))
+    start = start_pcm.circuit() if start_pcm else None
+    latents = start_pcm.latents if start_pcm else latents
+    tree = tree_pcm.parent if tree_pcm else None
     cfg = circuit.TrainConfig(latents=latents, epochs=epochs, full_epochs=full_epochs, batch_size=batch_size,
                               step_start=step_start, step_end=step_end, pseudocount=pseudocount,
                               full_pseudocount=pseudocount, smooth_mass=smooth_mass, shift=shift, holdout=holdout,
@@ -93,8 +97,8 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
     meta = {"images": n, "latents": latents, "epochs": epochs, "full_epochs": full_epochs,
             "batch_size": batch_size, "pseudocount": pseudocount, "smooth": smooth_mass, "balanced": balanced,
             "step_start": step_start, "step_end": step_end, "shift": shift, "holdout": holdout,
-            "init_sha256": start_pcm.sha256 if init_path else "",
-            "tree_sha256": tree_pcm.sha256 if tree_path else "", "seed": seed, "train_bits_per_dim": train_bpd}
+            "init_sha256": start_pcm.sha256 if start_pcm else "",
+            "tree_sha256": tree_pcm.sha256 if tree_pcm else "", "seed": seed, "train_bits_per_dim": train_bpd}
     pcm = model_file.from_circuit(model, h, w, c, meta)
     sha = model_file.save_model(pcm, output)
     summary = {"output": output, "images": n, "height": h, "width": w, "channels": c, "latents": latents,

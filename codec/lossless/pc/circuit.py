@@ -156,7 +156,7 @@ def mixture(models: list[HCLT], weights: list[float] | None = None) -> HCLT:
         raise UserError("a mixture needs at least two models")
     first = models[0]
     for m in models[1:]:
-        if m.num_vars != first.num_vars or not np.array_equal(m.tree, first.tree) or m.num_cats != first.num_cats:
+        if not np.array_equal(m.tree, first.tree) or m.num_cats != first.num_cats:
             raise UserError("the models of a mixture must share their tree (continue them from one model with --init, "
                             "or train them with --tree-from)")
     weights = [1.0 / len(models)] * len(models) if weights is None else [float(w) for w in weights]
