@@ -180,8 +180,11 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
     plt.close(fig)
 
 
-def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None) -> str:
-    return f"stage1_{split}_c{channels}_{distill}_b{beta:g}_e{epochs}_n{train_images or 10000}"
+def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
+               kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False) -> str:
+    loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
+    start = f"_init-{init.stem}" if init else ""
+    return f"stage1_{split}_c{channels}_{loss}_b{beta:g}_e{epochs}_n{train_images or 10000}{start}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,13 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--betas", default=None, help="comma-separated rate weights (default 1,2 without --stage1-from)")
     p.add_argument("--stage1-from", default=None,
                    help="comma-separated finished student files: stage 2 starts from each (their beta, no stage 1)")
+    p.add_argument("--stage1-init", default=None,
+                   help="student file stage 1 starts from (its encoder, prior, decoder and architecture)")
     p.add_argument("--epochs", type=int, default=12, help="stage-1 epochs per student")
+    p.add_argument("--lr", type=float, default=None, help="stage-1 Adam learning rate (2e-3)")
     p.add_argument("--epochs2", type=int, default=6, help="stage-2 epochs (full passes; the accuracy lever)")
     p.add_argument("--lr2", type=float, default=None, help="stage-2 SGD learning rate for the first half (1e-2)")
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
     p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
     p.add_argument("--distill", default="head", choices=["all", "head"], help="stage-1 targets (see train)")
+    p.add_argument("--kd", type=float, default=0.0, help="stage-1 KD weight on the logits (not in the paper)")
+    p.add_argument("--hard-latent", action="store_true", help="stage 1 decodes the rounded latent (straight-through)")
+    p.add_argument("--tune-tail", action="store_true", help="stage 1 trains the tail too (not in the paper)")
     p.add_argument("--latent-channels", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
@@ -208,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarks.split: {f} not found (the benchmark needs ../shared/data)", file=sys.stderr)
             return 2
     starts = [Path(f) for f in args.stage1_from.split(",")] if args.stage1_from else []
-    for f in starts:
+    init = Path(args.stage1_init) if args.stage1_init else None
+    for option, f in [("--stage1-from", f) for f in starts] + ([("--stage1-init", init)] if init else []):
         if not f.exists():
-            print(f"benchmarks.split: --stage1-from {f} not found", file=sys.stderr)
+            print(f"benchmarks.split: {option} {f} not found", file=sys.stderr)
             return 2
     try:
         betas = [float(b) for b in (args.betas or ("" if starts else "1,2")).split(",") if b]
@@ -240,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     options["split"] = args.split
     if args.latent_channels:
         options["latent_channels"] = args.latent_channels
+    if init:                                   # --stage1-init: its architecture
+        options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
-    s1.epochs, s2.epochs, s2.lr = args.epochs, args.epochs2, args.lr2 or s2.lr
+    s1.epochs, s1.lr, s2.epochs, s2.lr = args.epochs, args.lr or s1.lr, args.epochs2, args.lr2 or s2.lr
     shell = Student(make_student_config(teacher.config, **options))
     x = torch.zeros(1, 3, 32, 32)
     teacher_cpu = teacher.cpu()
@@ -265,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                   "target": {"top1": t_top1 - 0.01, "bytes_fraction": 0.2, **{
                       k: v for k, v in target.items() if k.endswith("_bytes_at_target")}},
                   "baselines": base_rows, "students": student_rows, "cost": cost,
-                  "schedule": {"stage1_epochs": args.epochs, "stage2_epochs": args.epochs2, "stage2_lr": s2.lr,
-                               "distill": args.distill, "train_images": args.train_images or 10000}}
+                  "schedule": {"stage1_epochs": args.epochs, "stage1_lr": s1.lr, "stage2_epochs": args.epochs2,
+                               "stage2_lr": s2.lr, "distill": args.distill, "kd_weight": args.kd,
+                               "hard_latent": args.hard_latent, "tune_tail": args.tune_tail,
+                               "stage1_init": args.stage1_init,
+                               "train_images": args.train_images or 10000}}
         write_json(out / "split.json", result)
         plot(out / "split.png", t_top1, base_rows, student_rows,
              f"CIFAR-10 ({len(test)} test JPEGs), ResNet-56 teacher, {device_name(dev)}")
@@ -280,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     # (stage-1 student file, final student file): stage 1 is cached on its own, so --epochs2 changes redo stage 2 only
     jobs = []
     for beta in betas:
-        tag = stage1_tag(args.split, options["latent_channels"], args.distill, beta, args.epochs, args.train_images)
+        tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
+                         args.train_images, args.kd, args.hard_latent, init, args.tune_tail)
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,
-                            stage2=T.Schedule(0, s2.batch_size, s2.lr), student_options=options, device=args.device,
-                            teacher_source=str(TEACHER), distill=args.distill, resume=True)
+                            stage2=T.Schedule(0, s2.batch_size, s2.lr), student_options=None if init else options,
+                            device=args.device, teacher_source=str(TEACHER), distill=args.distill,
+                            kd_weight=args.kd, hard_latent=args.hard_latent, tune_tail=args.tune_tail,
+                            init=str(init) if init else None,
+                            resume=True)
             teacher.to(dev)
         jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors"))
     jobs += [(f, out / f"student_from-{f.stem}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors") for f in starts]
@@ -300,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = model_file.load(str(path)).meta.get("training", {})
         row = {"beta": float(student.config["beta"]), "model": path.name, "stage2_from": first.name,
                **evaluate_student(student, test.images, test.labels, dev),
-               **{k: meta.get(k) for k in ("distill", "stage1_epochs", "stage1_seconds", "stage2_epochs",
-                                           "stage2_seconds", "train_images")},
+               **{k: meta.get(k) for k in ("distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init",
+                                           "stage1_epochs", "stage1_seconds", "stage2_epochs", "stage2_seconds",
+                                           "train_images")},
                # the split feature's squared error per image at the end of stage 1, and always predicting the mean
                "stage1_head_error": meta.get("stage1_head_error"),
                "stage1_head_error_if_mean": meta.get("stage1_head_error_if_mean")}

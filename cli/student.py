@@ -83,11 +83,12 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Rate weight: larger -> fewer bytes per image, lower accuracy.")
 @click.option("-o", "--output", required=True, help="Student model file to write (.safetensors).")
 @click.option("--epochs", type=int, default=None, help="Stage-1 epochs (distillation + rate).")
-@click.option("--epochs2", type=int, default=None, help="Stage-2 epochs (fine-tuning decoder and tail).")
+@click.option("--epochs2", type=int, default=None,
+              help="Stage-2 epochs (fine-tuning decoder and tail); 0 writes the stage-1 student.")
 @click.option("--lr", type=float, default=None, help="Stage-1 Adam learning rate.")
 @click.option("--lr2", type=float, default=None, help="Stage-2 SGD learning rate.")
-@click.option("--split", type=click.Choice(["layer1", "layer2"]), default="layer1", show_default=True,
-              help="The teacher stages up to and including this one are replaced by the bottleneck.")
+@click.option("--split", type=click.Choice(["layer1", "layer2"]), default=None,
+              help="The teacher stages up to and including this one are replaced by the bottleneck [layer1].")
 @click.option("--latent-channels", type=int, default=None, help="Channels of the coded latent.")
 @click.option("--encoder-channels", type=int, default=None, help="Width of the device-side encoder.")
 @click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
@@ -95,12 +96,21 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 @click.option("--distill", type=click.Choice(["all", "head"]), default="all", show_default=True,
               help="Stage 1 matches every teacher stage from the split on (all, the paper) or only the split "
                    "feature (head: ~3x cheaper).")
+@click.option("--kd-weight", type=float, default=0.0, show_default=True,
+              help="Add this weight x the KD loss on the logits to stage 1 (not in the paper: spends the bits on "
+                   "what the classifier needs; ~1e4 for CIFAR-10).")
+@click.option("--hard-latent", is_flag=True,
+              help="Stage 1 decodes the rounded latent (straight-through) instead of the noisy one.")
+@click.option("--tune-tail", is_flag=True,
+              help="Stage 1 trains the tail too (at a tenth of the learning rate), not only stage 2.")
+@click.option("--init", default=None,
+              help="Start stage 1 from this student file's encoder, prior and decoder (its architecture).")
 @click.option("--from", "start", default=None,
               help="Run stage 2 only, from this student file (its encoder, prior and tables stay bit-identical).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, decoder_channels, encoder_stride, distill, start, limit, batch_size, max_time,
-                  device, seed, resume, as_json):
+                  encoder_channels, decoder_channels, encoder_stride, distill, kd_weight, hard_latent, tune_tail, init,
+                  start, limit, batch_size, max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
@@ -108,11 +118,13 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     from codec.features.train import (default_schedules, default_student_options, finetune_student,
                                       load_teacher_for_training, train_student as run)
 
-    for name, v in (("epochs", epochs), ("epochs2", epochs2), ("lr", lr), ("lr2", lr2), ("limit", limit),
+    for name, v in (("epochs", epochs), ("lr", lr), ("lr2", lr2), ("limit", limit),
                     ("batch-size", batch_size), ("max-time", max_time), ("latent-channels", latent_channels),
                     ("encoder-channels", encoder_channels), ("decoder-channels", decoder_channels)):
         _positive(name, v)
     _positive("beta", beta, allow_zero=True)
+    _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
+    _positive("kd-weight", kd_weight, allow_zero=True)
     _check_output(output)
     teacher = load_teacher_for_training(teacher_path)
     ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))
@@ -122,11 +134,14 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
                  max_time=max_time)
     s2 = replace(s2, epochs=epochs2 if epochs2 is not None else s2.epochs, lr=lr2 or s2.lr,
                  batch_size=batch_size or s2.batch_size, max_time=max_time)
+    architecture = {"split": split, "latent_channels": latent_channels, "encoder_channels": encoder_channels,
+                    "decoder_channels": decoder_channels, "encoder_stride": encoder_stride}
     if start is not None:
-        stage1_only = [f"--{n}" for n, v in (("epochs", epochs), ("lr", lr), ("latent-channels", latent_channels),
-                                             ("encoder-channels", encoder_channels),
-                                             ("decoder-channels", decoder_channels),
-                                             ("encoder-stride", encoder_stride)) if v is not None]
+        stage1_only = [f"--{n.replace('_', '-')}" for n, v in (("epochs", epochs), ("lr", lr), *architecture.items(),
+                                                                ("kd_weight", kd_weight or None),
+                                                                ("hard_latent", hard_latent or None),
+                                                                ("tune_tail", tune_tail or None),
+                                                                ("init", init)) if v is not None]
         if stage1_only:
             raise UserError(f"--from runs stage 2 only: {', '.join(stage1_only)} would not apply")
         if not os.path.isfile(start):
@@ -135,12 +150,19 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
                                    teacher_source=teacher_path)
         _report(summary, as_json, "ncodec train student (stage 2)")
         return
-    options = default_student_options(size)
-    options.update({k: v for k, v in (("split", split), ("latent_channels", latent_channels),
-                                      ("encoder_channels", encoder_channels), ("decoder_channels", decoder_channels),
-                                      ("encoder_stride", encoder_stride)) if v is not None})
+    given = {k: v for k, v in architecture.items() if v is not None}
+    if init is not None:
+        if given:
+            raise UserError(f"--init takes the architecture from {init}: drop "
+                            + ", ".join(f"--{k.replace('_', '-')}" for k in given))
+        if not os.path.isfile(init):
+            raise UserError(f"--init {init}: no such student file")
+        options = None
+    else:
+        options = {**default_student_options(size), **given}
     summary = run(ds, teacher, output, beta=beta, stage1=s1, stage2=s2, student_options=options, device=device,
-                  seed=seed, resume=resume, teacher_source=teacher_path, distill=distill)
+                  seed=seed, resume=resume, teacher_source=teacher_path, distill=distill, kd_weight=kd_weight,
+                  hard_latent=hard_latent, tune_tail=tune_tail, init=init)
     _report(summary, as_json, "ncodec train student")
 
 

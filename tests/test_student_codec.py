@@ -158,3 +158,26 @@ def test_cli_stage2_from_a_student_file(capsys, models, tmp_path):
     assert_one_line_error(code, err, "stage 2 only")
     code, _, err = run(capsys, *base, "--from", tmp_path / "missing.safetensors")
     assert_one_line_error(code, err, "no such student file")
+
+
+def test_cli_init_continues_stage1_from_a_student_file(capsys, models, tmp_path):
+    """`ncodec train student --init S --kd-weight W --hard-latent`: stage 1 from S's weights, with the KD term."""
+    out = tmp_path / "kd.safetensors"
+    base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
+            "--device", "cpu", "-o", out]
+    code, text, err = run(capsys, *base, "--init", models / "student.safetensors", "--epochs", "1", "--epochs2", "0",
+                          "--kd-weight", "20", "--hard-latent", "--tune-tail", "--json")
+    assert code == 0, err
+    summary = json.loads(text)
+    assert (summary["stage1_init"], summary["kd_weight"], summary["hard_latent"], summary["tune_tail"]) == (
+        "student.safetensors", 20.0, True, True)
+    assert model_file.load(out).config["latent_channels"] == model_file.load(models / "student.safetensors").config[
+        "latent_channels"]
+    code, _, err = run(capsys, *base, "--init", models / "student.safetensors", "--latent-channels", "3")
+    assert_one_line_error(code, err, "--latent-channels")
+    code, _, err = run(capsys, *base, "--init", tmp_path / "missing.safetensors")
+    assert_one_line_error(code, err, "no such student file")
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--kd-weight", "3")
+    assert_one_line_error(code, err, "--kd-weight")
+    code, _, err = run(capsys, *base, "--kd-weight", "-1")
+    assert_one_line_error(code, err, "kd-weight")

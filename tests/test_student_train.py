@@ -90,6 +90,65 @@ def test_stage1_learns_the_split_feature_instead_of_its_mean(digits, teacher, tm
     assert summary["stage1_head_error"] < 0.6 * summary["stage1_head_error_if_mean"]
 
 
+def test_hard_latent_decodes_what_the_bitstream_carries_and_passes_gradients(teacher):
+    student = Student(student_config(teacher.config, **TINY)).train()
+    x = torch.rand(8, 1, 8, 8)
+    out, likelihoods = student.forward_train(x, with_tail=False, hard=True)
+    with torch.no_grad():
+        exact = student.decode(student.from_symbols(student.to_symbols(student.encode(x))))
+    assert torch.equal(out["layer1"], exact) and likelihoods.shape[0] == 8
+    out["layer1"].square().sum().backward()          # straight-through: the encoder still gets a gradient
+    assert student.encoder[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("distill", ["all", "head"])
+def test_stage1_kd_weight_trains_through_the_logits(digits, teacher, tmp_path, distill):
+    run = lambda name, kd: T.train_student(  # noqa: E731
+        digits, teacher, str(tmp_path / name), beta=0.5, stage1=T.Schedule(1, 64, 3e-3),
+        stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu", distill=distill, kd_weight=kd,
+        hard_latent=True)
+    plain, kd = run("plain.safetensors", 0.0), run("kd.safetensors", 50.0)
+    assert (kd["kd_weight"], kd["hard_latent"], kd["distill"]) == (50.0, True, distill)
+    a, b = (model_file.load(tmp_path / n).tensors for n in ("plain.safetensors", "kd.safetensors"))
+    # same seed, same data order: only the KD term differs, and it reached the encoder
+    assert not torch.equal(a["encoder.0.weight"], b["encoder.0.weight"])
+    with pytest.raises(UserError, match="kd-weight"):
+        run("bad.safetensors", -1.0)
+
+
+def test_stage1_trains_the_tail_only_with_tune_tail(digits, teacher, tmp_path):
+    tail = {k: v for k, v in model_file.state_tensors(teacher).items() if k.startswith(("layer2.", "linear."))}
+    for tune in (False, True):
+        T.train_student(digits, teacher, str(tmp_path / f"{tune}.safetensors"), beta=0.5,
+                        stage1=T.Schedule(1, 64, 3e-3), stage2=T.Schedule(0, 64, 1e-2), student_options=TINY,
+                        device="cpu", kd_weight=10.0, tune_tail=tune)
+        b = model_file.load(tmp_path / f"{tune}.safetensors").tensors
+        same = [torch.equal(b[k if k.startswith("linear.") else f"tail.{k}"], v) for k, v in tail.items()]
+        # BatchNorm statistics stay the teacher's either way; weights move only with tune_tail
+        assert all(same) != tune and all(torch.equal(b[f"tail.{k}"], v) for k, v in tail.items()
+                                         if k.endswith(("running_mean", "running_var")))
+
+
+def test_init_starts_stage1_from_a_student_file(digits, teacher, tmp_path):
+    first = _student(digits, teacher, tmp_path / "a.safetensors", epochs2=1)
+    summary = T.train_student(digits, teacher, str(tmp_path / "b.safetensors"), beta=0.5,
+                              stage1=T.Schedule(0, 32, 1e-3), stage2=T.Schedule(0, 32, 1e-2), device="cpu",
+                              init=str(tmp_path / "a.safetensors"))
+    assert summary["stage1_init"] == "a.safetensors" and summary["latent_shape"] == first["latent_shape"]
+    a = model_file.load(tmp_path / "a.safetensors").tensors
+    b = model_file.load(tmp_path / "b.safetensors").tensors
+    # zero stage-1 epochs: encoder, prior and decoder are the init file's; the tail is the teacher's again
+    for k in a:
+        if k.startswith(("encoder.", "entropy_bottleneck.", "decoder.")):
+            assert torch.equal(a[k], b[k]), k
+    tail = {k: v for k, v in model_file.state_tensors(teacher).items() if k.startswith("layer2.")}
+    assert all(torch.equal(b[f"tail.{k}"], v) for k, v in tail.items()) and tail
+    with pytest.raises(UserError, match="architecture"):
+        T.train_student(digits, teacher, str(tmp_path / "c.safetensors"), beta=0.5, stage1=T.Schedule(1, 32, 1e-3),
+                        stage2=T.Schedule(0, 32, 1e-2), student_options=TINY, device="cpu",
+                        init=str(tmp_path / "a.safetensors"))
+
+
 def test_student_file_carries_its_tables_and_classifies_like_before(digits, teacher, tmp_path):
     summary = _student(digits, teacher, tmp_path / "s.safetensors", epochs2=1)
     student, model_id = model_file.load_student(str(tmp_path / "s.safetensors"))
@@ -138,6 +197,14 @@ def test_resume_refuses_a_checkpoint_of_another_setup(digits, teacher, tmp_path)
         T.train_student(digits, teacher, str(out), beta=0.01, stage1=T.Schedule(1, 64, 1e-3),
                         stage2=T.Schedule(1, 64, 1e-2), student_options={**TINY, "latent_channels": 5},
                         device="cpu", resume=True)
+    # the same architecture and beta, another stage-1 loss: not the same setup either
+    cfg["beta"] = 0.01
+    ckpt.save("student", {**cfg, "stage1_loss": {"distill": "all", "kd_weight": 0.0, "hard_latent": False},
+                          "init": None}, 1, 0, Student(cfg), torch.optim.Adam(Student(cfg).parameters()), {})
+    with pytest.raises(UserError, match="another student setup"):
+        T.train_student(digits, teacher, str(out), beta=0.01, stage1=T.Schedule(1, 64, 1e-3),
+                        stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu", resume=True,
+                        kd_weight=1.0)
 
 
 def test_pretrained_checkpoint_layout_loads_without_pickle_code(tmp_path):

@@ -145,10 +145,15 @@ class Student(nn.Module):
         return self.tail_features(self.decode(self.from_symbols(symbols)))["logits"]
 
     # ---- whole model
-    def forward_train(self, x: torch.Tensor, with_tail: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Stage 1: the latent with uniform noise (the bottleneck's training mode); returns features and likelihoods."""
+    def forward_train(self, x: torch.Tensor, with_tail: bool = True,
+                      hard: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Stage 1: features and the latent's likelihoods under the prior (uniform noise, the bottleneck's training
+        mode). hard=True decodes the rounded latent instead, with a straight-through gradient, so the decoder trains
+        on what the bitstream carries; the rate is still that of the noisy latent."""
         y = self.encode(x)
         y_tilde, likelihoods = self.entropy_bottleneck(y)
+        if hard:
+            y_tilde = y + (self.from_symbols(self.to_symbols(y)) - y).detach()
         feat = self.decode(y_tilde)
         out = {self.config["split"]: feat}
         if with_tail:

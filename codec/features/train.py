@@ -2,7 +2,9 @@
 
 Stage 1 (head distillation + rate): the encoder, prior and decoder learn to reproduce the teacher's features at the
 split point and after every later stage (the tail is frozen but passes gradients), plus beta * bits of the latent;
-the bottleneck's aux loss (its quantiles) is stepped by the same optimizer, as in the paper's code.
+the bottleneck's aux loss (its quantiles) is stepped by the same optimizer, as in the paper's code. Two options
+depart from the paper for low rates (docs/STUDENT.md): kd_weight adds the KD loss on the logits, so the bits go to
+what the classifier needs, and hard_latent decodes the rounded latent (straight-through) instead of the noisy one.
 Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
 tail learn from the hard-quantised latent with the KD loss 0.5 * CE + 0.5 * KL(teacher || student).
 
@@ -29,6 +31,7 @@ from codec.features.teacher import CifarResNet, make_config as make_teacher_conf
 from codec.progress import progress
 
 PRIOR_LR_SCALE = 10.0
+TAIL_LR_SCALE = 0.1    # stage 1 with tune_tail: the pretrained tail moves 10x slower than the new encoder/decoder
 LATENT_INIT_STD = 2.0  # the latent's initial spread, in quantisation steps (the bottleneck's noise is U(-0.5, 0.5))
 HOLDOUT = 0.1          # fraction of the data held out to report accuracy; the split is fixed (seed 0)
 
@@ -260,22 +263,38 @@ def _check_data(ds: ImageSet, teacher: CifarResNet) -> None:
 def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: float,
                   stage1: Schedule, stage2: Schedule, student_options: dict[str, Any] | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False,
-                  teacher_source: str = "", distill: str = "all") -> dict[str, Any]:
+                  teacher_source: str = "", distill: str = "all", kd_weight: float = 0.0,
+                  hard_latent: bool = False, tune_tail: bool = False, init: str | None = None) -> dict[str, Any]:
     """Both stages; writes the student model file (weights + CDF tables + config) and returns a summary.
 
     distill="all" matches the split feature and every later stage's output (the paper); "head" matches only the
     split feature, which skips the tail in stage 1 and runs the teacher only up to the split (~3x cheaper on CPU).
+    kd_weight > 0 adds kd_weight * KD(logits) to stage 1's loss; hard_latent decodes the rounded latent in stage 1;
+    tune_tail trains the tail in stage 1 too (at TAIL_LR_SCALE, BatchNorm statistics kept), not only in stage 2.
+    init: a student file whose encoder, prior and decoder stage 1 starts from (its architecture is used;
+    student_options must then be None), e.g. to continue a finished stage 1 with another beta or loss.
     stage2.epochs = 0 writes the stage-1 student (tables frozen), which finetune_student can take from there.
     """
     if distill not in ("all", "head"):
         raise UserError(f"--distill {distill!r}: expected all or head")
-    if beta < 0 or not math.isfinite(beta):
-        raise UserError(f"--beta must be a non-negative number, got {beta}")
+    for name, v in (("beta", beta), ("kd weight", kd_weight)):
+        if v < 0 or not math.isfinite(v):
+            raise UserError(f"--{name.replace(' ', '-')} must be a non-negative number, got {v}")
     _check_data(ds, teacher)
+    start = None
+    if init is not None:
+        if student_options is not None:
+            raise UserError("--init takes the architecture from its student file: drop the architecture options")
+        start, _ = model_file.load_student(init)
+        if start.config["teacher"] != teacher.config:
+            raise UserError(f"--init {init} was distilled from another teacher than the one given")
+        student_options = {k: v for k, v in start.config.items() if k not in ("teacher", "beta")}
     dev = pick_device(device)
+    objective = {"distill": distill, "kd_weight": float(kd_weight), "hard_latent": bool(hard_latent),
+                 "tune_tail": bool(tune_tail)}
     with cpu_threads(threads_for(dev, ds.size[0])):
         return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                              teacher_source, distill)
+                              teacher_source, objective, start, init)
 
 
 def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str, *, stage2: Schedule,
@@ -297,14 +316,16 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
         _frozen(teacher)
         ckpt = Checkpoint(checkpoint_path(output))
         # a stage-2-only checkpoint: a full run's checkpoint (which may be in stage 1) is not one of these
-        state = ckpt.load("student stage 2", student.config) if resume else None
+        setup = {**student.config, "from": model_file.load(start).model_id}
+        state = ckpt.load("student stage 2", setup) if resume else None
         if state is not None:
             load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
         student.to(dev)
         t_start = time.time()
         record: dict[str, Any] = {}
-        _stage2(student, teacher, train, stage2, ckpt, "student stage 2", state, g, seed, dev, record)
-        keep = ("beta", "distill", "stage1_epochs", "stage1_seconds", "stage1_head_error", "stage1_head_error_if_mean")
+        _stage2(student, teacher, train, stage2, ckpt, ("student stage 2", setup), state, g, seed, dev, record)
+        keep = ("beta", "distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init", "stage1_epochs", "stage1_seconds",
+                "stage1_head_error", "stage1_head_error_if_mean")
         summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record,
                           {**{k: start_record[k] for k in keep if k in start_record}, "stage2_epochs": stage2.epochs,
                            "stage2_from": os.path.basename(start), "start": start_record})
@@ -313,57 +334,74 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
 
 
 def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                   teacher_source, distill) -> dict[str, Any]:
+                   teacher_source, objective, start, init) -> dict[str, Any]:
     tcfg = teacher.config
     cfg = make_student_config(tcfg, **(student_options or {}))
     cfg["beta"] = float(beta)
+    distill, kd_weight, hard_latent = objective["distill"], objective["kd_weight"], objective["hard_latent"]
     g = seed_everything(seed)
     train, held = _prepare(ds, dev)
     teacher = teacher.to(dev).eval()
     _frozen(teacher)
-    student = Student(cfg)
+    student = Student(cfg) if start is None else start
+    student.config = cfg            # --init: its encoder, prior and decoder, this run's beta; the teacher's tail
     student.copy_tail_from(teacher.cpu())
     teacher.to(dev)
     student.to(dev)
     aug = augmentation(train)
     images = train.images.to(dev)
     ckpt = Checkpoint(checkpoint_path(output))
-    state = ckpt.load("student", cfg) if resume else None
+    # a checkpoint resumes only the same setup: architecture, beta, stage-1 loss and --init file
+    setup = {**cfg, "stage1_loss": objective, "init": None if init is None else model_file.load(init).model_id}
+    state = ckpt.load("student", setup) if resume else None
     # a checkpoint says which stage and epoch finished last: resume right after it
     done_stage, done_epoch = (int(state.meta["stage"]), int(state.meta["epoch"])) if state else (1, -1)
     if state is not None:
         load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
         student.to(dev)
     head_only = distill == "head"
+    with_tail = not head_only or kd_weight > 0          # KD needs the logits
     distilled = [cfg["split"]] if head_only else [cfg["split"], *student.tail_names]
     record: dict[str, Any] = dict(state.meta.get("record", {})) if state else {}
     t_start = time.time()
 
-    cached = None
+    cached = cached_logits = None
     if head_only and done_stage == 1:
         # head distillation without augmentation: the teacher's split feature (fp16), once per image
+        upto = None if kd_weight > 0 else cfg["split"]
         with torch.no_grad():
-            cached = torch.cat([teacher.features(to_float(images[i:i + 500]), upto=cfg["split"])[cfg["split"]].half()
-                                for i in range(0, len(train), 500)])
+            parts = [teacher.features(to_float(images[i:i + 500]), upto=upto) for i in range(0, len(train), 500)]
+        cached = torch.cat([p[cfg["split"]].half() for p in parts])
+        if kd_weight > 0:
+            cached_logits = torch.cat([p["logits"] for p in parts])
+        del parts
+    labels = train.labels.to(dev)
 
     # ---- stage 1: distillation + beta * rate + aux
-    _frozen(student.tail)
-    _frozen(student.linear)
+    if not objective["tune_tail"]:
+        _frozen(student.tail)
+        _frozen(student.linear)
     if state is None:
         probe = torch.randperm(len(train), generator=g)[:256].to(dev)
         with torch.no_grad():
             probe_target = (cached[probe] if head_only else
                             teacher.features(to_float(images[probe]), upto=cfg["split"])[cfg["split"]])
-        record["init"] = init_from_data(student, to_float(images[probe]), probe_target)
+        if start is None:
+            record["init"] = init_from_data(student, to_float(images[probe]), probe_target)
+        else:
+            record["init"] = {"from": os.path.basename(init), "model_id": model_file.load(init).model_id,
+                              "record": model_file.load(init).meta.get("training", {})}
         # what always predicting the mean feature map would score: the head error must end well below it
         record["head_error_if_mean"] = float((probe_target.float() - probe_target.float().mean(0)).pow(2).sum()
                                              / len(probe))
     if done_stage == 1:
         # the prior learns 10x faster than the networks: with few steps it must still track the latent's spread
         prior = [p for p in student.entropy_bottleneck.parameters() if p.requires_grad]
-        nets = [p for n, p in student.named_parameters() if p.requires_grad and not n.startswith("entropy_")]
-        opt = torch.optim.Adam([{"params": nets, "lr_scale": 1.0}, {"params": prior, "lr_scale": PRIOR_LR_SCALE}],
-                               lr=stage1.lr)
+        tail = [p for n, p in student.named_parameters() if p.requires_grad and n.startswith(("tail.", "linear."))]
+        nets = [p for n, p in student.named_parameters()
+                if p.requires_grad and not n.startswith(("entropy_", "tail.", "linear."))]
+        groups = [{"params": nets, "lr_scale": 1.0}, {"params": prior, "lr_scale": PRIOR_LR_SCALE}]
+        opt = torch.optim.Adam(groups + ([{"params": tail, "lr_scale": TAIL_LR_SCALE}] if tail else []), lr=stage1.lr)
         start = done_epoch + 1
         if state is not None:
             opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
@@ -374,21 +412,26 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         for epoch in range(start, stage1.epochs):
             _set_lr(opt, _lr_at(epoch, stage1.epochs, stage1.lr))
             student.train()
-            student.tail.eval()                      # frozen tail: its BatchNorm statistics stay the teacher's
+            student.tail.eval()                      # the tail's BatchNorm statistics stay the teacher's
             sums = {"distill": 0.0, "head": 0.0, "bits": 0.0, "n": 0}
             for idx in batches(len(train), stage1.batch_size, g):
+                idx = idx.to(dev)
                 if head_only:       # fixed targets, computed once: no augmentation, no teacher pass per step
-                    x = to_float(images[idx.to(dev)])
-                    target = {cfg["split"]: cached[idx.to(dev)].float()}
+                    x = to_float(images[idx])
+                    target = {cfg["split"]: cached[idx].float()}
+                    if cached_logits is not None:
+                        target["logits"] = cached_logits[idx]
                 else:
-                    x = aug(to_float(images[idx.to(dev)]), g)
+                    x = aug(to_float(images[idx]), g)
                     with torch.no_grad():
                         target = teacher.features(x)
-                out, likelihoods = student.forward_train(x, with_tail=not head_only)
+                out, likelihoods = student.forward_train(x, with_tail=with_tail, hard=hard_latent)
                 feature_loss = distillation_loss(out, target, distilled)
                 bits = rate_bits(likelihoods)
                 aux = student.entropy_bottleneck.loss()
                 loss = feature_loss + beta * bits + aux
+                if kd_weight > 0:
+                    loss = loss + kd_weight * kd_loss(out["logits"], target["logits"], labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -401,7 +444,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
             record["stage1_last_epoch"] = {"epoch": epoch + 1, "distill": sums["distill"] / sums["n"],
                                            "bits_per_image": sums["bits"] / sums["n"],
                                            "head_error": sums["head"] / sums["n"]}
-            ckpt.save("student", cfg, 1, epoch, student, opt, {"record": record})
+            ckpt.save("student", setup, 1, epoch, student, opt, {"record": record})
             if stage1.max_time is not None and time.time() - t0 > stage1.max_time:
                 break
         bar.close()
@@ -412,8 +455,10 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         student.to(dev)
         state = None                              # stage 2 starts afresh after a stage 1 run here
 
-    _stage2(student, teacher, train, stage2, ckpt, "student", state, g, seed, dev, record)
-    info = {"beta": beta, "distill": distill, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs}
+    _stage2(student, teacher, train, stage2, ckpt, ("student", setup), state, g, seed, dev, record)
+    info = {"beta": beta, **objective, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs}
+    if start is not None:
+        info["stage1_init"] = record["init"].get("from")
     if "stage1_last_epoch" in record:          # the split feature's squared error per image, last stage-1 epoch
         info["stage1_head_error"] = record["stage1_last_epoch"].get("head_error")
     if "head_error_if_mean" in record:
@@ -423,12 +468,13 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     return summary
 
 
-def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, ckpt: Checkpoint, what: str,
-            state: model_file.ModelFile | None, g: torch.Generator, seed: int, dev: torch.device,
-            record: dict[str, Any]) -> None:
+def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, ckpt: Checkpoint,
+            kind: tuple[str, dict], state: model_file.ModelFile | None, g: torch.Generator, seed: int,
+            dev: torch.device, record: dict[str, Any]) -> None:
     """Stage 2: encoder and prior frozen; the decoder and tail are fine-tuned on the hard-quantised latent of
     augmented images with the KD loss against the teacher's logits on the same images. SGD, x0.1 at half-way.
-    `state`: a checkpoint that finished a stage-2 epoch (resume after it), or None."""
+    `kind`: the checkpoint's (what, setup); `state`: a checkpoint that finished a stage-2 epoch (resume after it),
+    or None."""
     _frozen(student.encoder)
     _frozen(student.entropy_bottleneck)
     for p in list(student.decoder.parameters()) + list(student.tail.parameters()) + list(student.linear.parameters()):
@@ -471,7 +517,7 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
             opt.step()
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
-        ckpt.save(what, student.config, 2, epoch, student, opt, {"record": record})
+        ckpt.save(*kind, 2, epoch, student, opt, {"record": record})
         if (stage2.max_time is not None and time.time() - t0 > stage2.max_time) or \
                 (stage2.max_images is not None and seen >= stage2.max_images):
             break
