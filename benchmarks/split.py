@@ -181,10 +181,12 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 
 
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
-               kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False) -> str:
+               kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
+               stride: int = 4) -> str:
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
-    return f"stage1_{split}_c{channels}_{loss}_b{beta:g}_e{epochs}_n{train_images or 10000}{start}"
+    shape = f"c{channels}" + (f"s{stride}" if stride != 4 else "")
+    return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}_n{train_images or 10000}{start}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-latent", action="store_true", help="stage 1 decodes the rounded latent (straight-through)")
     p.add_argument("--tune-tail", action="store_true", help="stage 1 trains the tail too (not in the paper)")
     p.add_argument("--latent-channels", type=int, default=None)
+    p.add_argument("--encoder-stride", type=int, default=None, help="latent size = 32 / stride (default 4)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     options["split"] = args.split
     if args.latent_channels:
         options["latent_channels"] = args.latent_channels
+    if args.encoder_stride:
+        options["encoder_stride"] = args.encoder_stride
     if init:                                   # --stage1-init: its architecture
         options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
@@ -296,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for beta in betas:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
-                         args.train_images, args.kd, args.hard_latent, init, args.tune_tail)
+                         args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
+                         options["encoder_stride"])
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,
