@@ -108,7 +108,7 @@ def test_stage1_kd_weight_trains_through_the_logits(digits, teacher, tmp_path, d
         stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu", distill=distill, kd_weight=kd,
         hard_latent=True)
     plain, kd = run("plain.safetensors", 0.0), run("kd.safetensors", 50.0)
-    assert (kd["kd_weight"], kd["hard_latent"], kd["distill"]) == (50.0, True, distill)
+    assert (kd["kd_weight"], kd["hard_latent"], kd["distill"]) == (50.0, True, distill) and "stage1_init" not in kd
     a, b = (model_file.load(tmp_path / n).tensors for n in ("plain.safetensors", "kd.safetensors"))
     # same seed, same data order: only the KD term differs, and it reached the encoder
     assert not torch.equal(a["encoder.0.weight"], b["encoder.0.weight"])

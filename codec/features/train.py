@@ -4,7 +4,8 @@ Stage 1 (head distillation + rate): the encoder, prior and decoder learn to repr
 split point and after every later stage (the tail is frozen but passes gradients), plus beta * bits of the latent;
 the bottleneck's aux loss (its quantiles) is stepped by the same optimizer, as in the paper's code. Two options
 depart from the paper for low rates (docs/STUDENT.md): kd_weight adds the KD loss on the logits, so the bits go to
-what the classifier needs, and hard_latent decodes the rounded latent (straight-through) instead of the noisy one.
+what the classifier needs; hard_latent decodes the rounded latent (straight-through) instead of the noisy one;
+tune_tail trains the tail in stage 1 too.
 Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
 tail learn from the hard-quantised latent with the KD loss 0.5 * CE + 0.5 * KL(teacher || student).
 
@@ -281,20 +282,22 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
         if v < 0 or not math.isfinite(v):
             raise UserError(f"--{name.replace(' ', '-')} must be a non-negative number, got {v}")
     _check_data(ds, teacher)
-    start = None
+    init_student = init_info = None
     if init is not None:
         if student_options is not None:
             raise UserError("--init takes the architecture from its student file: drop the architecture options")
-        start, _ = model_file.load_student(init)
-        if start.config["teacher"] != teacher.config:
+        init_student, model_id = model_file.load_student(init)
+        if init_student.config["teacher"] != teacher.config:
             raise UserError(f"--init {init} was distilled from another teacher than the one given")
-        student_options = {k: v for k, v in start.config.items() if k not in ("teacher", "beta")}
+        student_options = {k: v for k, v in init_student.config.items() if k not in ("teacher", "beta")}
+        init_info = {"from": os.path.basename(init), "model_id": model_id,
+                     "record": model_file.load(init).meta.get("training", {})}
     dev = pick_device(device)
     objective = {"distill": distill, "kd_weight": float(kd_weight), "hard_latent": bool(hard_latent),
                  "tune_tail": bool(tune_tail)}
     with cpu_threads(threads_for(dev, ds.size[0])):
         return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                              teacher_source, objective, start, init)
+                              teacher_source, objective, init_student, init_info)
 
 
 def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str, *, stage2: Schedule,
@@ -324,8 +327,8 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
         t_start = time.time()
         record: dict[str, Any] = {}
         _stage2(student, teacher, train, stage2, ckpt, ("student stage 2", setup), state, g, seed, dev, record)
-        keep = ("beta", "distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init", "stage1_epochs", "stage1_seconds",
-                "stage1_head_error", "stage1_head_error_if_mean")
+        keep = ("beta", "distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init", "stage1_epochs",
+                "stage1_seconds", "stage1_head_error", "stage1_head_error_if_mean")
         summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record,
                           {**{k: start_record[k] for k in keep if k in start_record}, "stage2_epochs": stage2.epochs,
                            "stage2_from": os.path.basename(start), "start": start_record})
@@ -334,7 +337,7 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
 
 
 def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                   teacher_source, objective, start, init) -> dict[str, Any]:
+                   teacher_source, objective, init_student, init_info) -> dict[str, Any]:
     tcfg = teacher.config
     cfg = make_student_config(tcfg, **(student_options or {}))
     cfg["beta"] = float(beta)
@@ -343,7 +346,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     train, held = _prepare(ds, dev)
     teacher = teacher.to(dev).eval()
     _frozen(teacher)
-    student = Student(cfg) if start is None else start
+    student = Student(cfg) if init_student is None else init_student
     student.config = cfg            # --init: its encoder, prior and decoder, this run's beta; the teacher's tail
     student.copy_tail_from(teacher.cpu())
     teacher.to(dev)
@@ -352,7 +355,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     images = train.images.to(dev)
     ckpt = Checkpoint(checkpoint_path(output))
     # a checkpoint resumes only the same setup: architecture, beta, stage-1 loss and --init file
-    setup = {**cfg, "stage1_loss": objective, "init": None if init is None else model_file.load(init).model_id}
+    setup = {**cfg, "stage1_loss": objective, "init": init_info and init_info["model_id"]}
     state = ckpt.load("student", setup) if resume else None
     # a checkpoint says which stage and epoch finished last: resume right after it
     done_stage, done_epoch = (int(state.meta["stage"]), int(state.meta["epoch"])) if state else (1, -1)
@@ -386,11 +389,8 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         with torch.no_grad():
             probe_target = (cached[probe] if head_only else
                             teacher.features(to_float(images[probe]), upto=cfg["split"])[cfg["split"]])
-        if start is None:
-            record["init"] = init_from_data(student, to_float(images[probe]), probe_target)
-        else:
-            record["init"] = {"from": os.path.basename(init), "model_id": model_file.load(init).model_id,
-                              "record": model_file.load(init).meta.get("training", {})}
+        record["init"] = (init_from_data(student, to_float(images[probe]), probe_target) if init_info is None
+                          else init_info)
         # what always predicting the mean feature map would score: the head error must end well below it
         record["head_error_if_mean"] = float((probe_target.float() - probe_target.float().mean(0)).pow(2).sum()
                                              / len(probe))
@@ -457,8 +457,8 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
 
     _stage2(student, teacher, train, stage2, ckpt, ("student", setup), state, g, seed, dev, record)
     info = {"beta": beta, **objective, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs}
-    if start is not None:
-        info["stage1_init"] = record["init"].get("from")
+    if init_info is not None:
+        info["stage1_init"] = init_info["from"]
     if "stage1_last_epoch" in record:          # the split feature's squared error per image, last stage-1 epoch
         info["stage1_head_error"] = record["stage1_last_epoch"].get("head_error")
     if "head_error_if_mean" in record:
