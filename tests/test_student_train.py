@@ -277,3 +277,11 @@ def test_image_folder_and_tar_archive_load_alike(tmp_path):
         load_dataset(str(tmp_path / "set"))
     with pytest.raises(UserError, match="not found"):
         load_dataset(str(tmp_path / "nothing"))
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(digits, teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "rate_bits", lambda likelihoods: torch.tensor(float("nan")))
+    with pytest.raises(UserError, match="student stage 1 diverged in epoch 1.*lower learning rate"):
+        T.train_student(digits, teacher, str(tmp_path / "n.safetensors"), beta=0.5, stage1=T.Schedule(1, 64, 1e-3),
+                        stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu")
+    assert not (tmp_path / "n.safetensors").exists()

@@ -122,6 +122,17 @@ def accuracy(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, device
     return correct / len(ds)
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, what: str, epoch: int) -> None:
+    """One optimizer step; a non-finite loss stops the run with a one-line error (the last epoch's checkpoint stays,
+    so --resume with a lower learning rate continues from it) instead of training on NaNs."""
+    if not torch.isfinite(loss):
+        raise UserError(f"{what} diverged in epoch {epoch + 1} (the loss is {loss.item()}): "
+                        "try a lower learning rate (--resume keeps the finished epochs)")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _lr_at(epoch: int, epochs: int, base: float, milestones=(0.5, 0.8)) -> float:
     """Step decay x0.1 at fixed fractions of the run (the paper's MultiStepLR, scaled to any epoch count)."""
     return base * 0.1 ** sum(epoch >= math.ceil(m * epochs) for m in milestones)
@@ -184,9 +195,7 @@ def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, A
         for idx in batches(len(train), schedule.batch_size, g):
             x = aug(to_float(images[idx.to(dev)]), g)
             loss = F.cross_entropy(model(x), labels[idx.to(dev)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _step(opt, loss, "teacher training", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         ckpt.save("teacher", cfg, 0, epoch, model, opt, {})
@@ -432,9 +441,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
                 loss = feature_loss + beta * bits + aux
                 if kd_weight > 0:
                     loss = loss + kd_weight * kd_loss(out["logits"], target["logits"], labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _step(opt, loss, "student stage 1", epoch)
                 sums["distill"] += feature_loss.item() * len(idx)
                 sums["bits"] += bits.item() * len(idx)
                 sums["head"] += distillation_loss(out, target, [cfg["split"]]).item() * len(idx)
@@ -512,9 +519,7 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
                 symbols = student.to_symbols(student.encode(x))     # hard rounding, detached (paper's stage 2)
             logits = student.classify_symbols(symbols)
             loss = kd_loss(logits, t_logits, labels[idx.to(dev)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _step(opt, loss, "student stage 2", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
         ckpt.save(*kind, 2, epoch, student, opt, {"record": record})
