@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -361,7 +361,9 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     teacher.to(dev)
     student.to(dev)
     aug = augmentation(train)
-    images = train.images.to(dev)
+    # the training set moves to the device once; stage 2's .to(dev) is then a no-op, not a second copy
+    train = replace(train, images=train.images.to(dev), labels=train.labels.to(dev))
+    images, labels = train.images, train.labels
     ckpt = Checkpoint(checkpoint_path(output))
     # a checkpoint resumes only the same setup: architecture, beta, stage-1 loss and --init file
     setup = {**cfg, "stage1_loss": objective, "init": init_info and init_info["model_id"]}
@@ -387,7 +389,6 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         if kd_weight > 0:
             cached_logits = torch.cat([p["logits"] for p in parts])
         del parts
-    labels = train.labels.to(dev)
 
     # ---- stage 1: distillation + beta * rate + aux
     if not objective["tune_tail"]:
