@@ -316,7 +316,7 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
     are fine-tuned further while the encoder, prior and CDF tables stay bit-identical, so a longer stage 2 does not
     redo stage 1. The summary keeps the start file's training record under "start"."""
     _check_data(ds, teacher)
-    student, _ = model_file.load_student(start)
+    student, start_id = model_file.load_student(start)
     if student.config["teacher"] != teacher.config:
         raise UserError(f"{start} was distilled from another teacher than the one given")
     start_record = model_file.load(start).meta.get("training", {})
@@ -328,7 +328,7 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
         _frozen(teacher)
         ckpt = Checkpoint(checkpoint_path(output))
         # a stage-2-only checkpoint: a full run's checkpoint (which may be in stage 1) is not one of these
-        setup = {**student.config, "from": model_file.load(start).model_id}
+        setup = {**student.config, "from": start_id}
         state = ckpt.load("student stage 2", setup) if resume else None
         if state is not None:
             load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
