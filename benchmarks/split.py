@@ -182,11 +182,13 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
-               stride: int = 4) -> str:
+               stride: int = 4, lr: float | None = None) -> str:
+    """The cached stage-1 file's name: everything that changes what stage 1 trains (defaults left out)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
     shape = f"c{channels}" + (f"s{stride}" if stride != 4 else "")
-    return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}_n{train_images or 10000}{start}"
+    rate = f"_lr{lr:g}" if lr else ""
+    return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoder_stride:
         options["encoder_stride"] = args.encoder_stride
     if init:                                   # --stage1-init: its architecture
+        given = [o for o, v in (("--split", args.split != "layer1"), ("--latent-channels", args.latent_channels),
+                                ("--encoder-stride", args.encoder_stride)) if v]
+        if given:
+            print(f"benchmarks.split: --stage1-init takes the architecture from {init}: drop {', '.join(given)}",
+                  file=sys.stderr)
+            return 2
         options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
     s1.epochs, s1.lr, s2.epochs, s2.lr = args.epochs, args.lr or s1.lr, args.epochs2, args.lr2 or s2.lr
@@ -302,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     for beta in betas:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
-                         options["encoder_stride"])
+                         options["encoder_stride"], args.lr)
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,
