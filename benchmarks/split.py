@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         if not f.exists():
             print(f"benchmarks.split: {option} {f} not found", file=sys.stderr)
             return 2
+    given = [o for o, v in (("--split", args.split != "layer1"), ("--latent-channels", args.latent_channels),
+                            ("--encoder-stride", args.encoder_stride)) if v]
+    if init and given:
+        print(f"benchmarks.split: --stage1-init takes the architecture from {init}: drop {', '.join(given)}",
+              file=sys.stderr)
+        return 2
     try:
         betas = [float(b) for b in (args.betas or ("" if starts else "1,2")).split(",") if b]
     except ValueError:
@@ -258,12 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoder_stride:
         options["encoder_stride"] = args.encoder_stride
     if init:                                   # --stage1-init: its architecture
-        given = [o for o, v in (("--split", args.split != "layer1"), ("--latent-channels", args.latent_channels),
-                                ("--encoder-stride", args.encoder_stride)) if v]
-        if given:
-            print(f"benchmarks.split: --stage1-init takes the architecture from {init}: drop {', '.join(given)}",
-                  file=sys.stderr)
-            return 2
         options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
     s1.epochs, s1.lr, s2.epochs, s2.lr = args.epochs, args.lr or s1.lr, args.epochs2, args.lr2 or s2.lr
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.zeros(1, 3, 32, 32)
     teacher_cpu = teacher.cpu()
     replaced = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1, bias=False), teacher_cpu.conv1,
-                                   *[getattr(teacher_cpu, s) for s in STAGES[:STAGES.index(args.split) + 1]])
+                                   *[getattr(teacher_cpu, s) for s in STAGES[:STAGES.index(options["split"]) + 1]])
     cost = {"teacher_macs": count_macs(teacher_cpu, x),
             "teacher_params": sum(p.numel() for p in teacher_cpu.parameters()),
             "encoder_macs": count_macs(shell.encoder, x),

@@ -151,15 +151,10 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
         _report(summary, as_json, "ncodec train student (stage 2)")
         return
     given = {k: v for k, v in architecture.items() if v is not None}
-    if init is not None:
-        if given:
-            raise UserError(f"--init takes the architecture from {init}: drop "
-                            + ", ".join(f"--{k.replace('_', '-')}" for k in given))
-        if not os.path.isfile(init):
-            raise UserError(f"--init {init}: no such student file")
-        options = None
-    else:
-        options = {**default_student_options(size), **given}
+    if init is not None and not os.path.isfile(init):
+        raise UserError(f"--init {init}: no such student file")
+    # with --init the architecture is the file's: train_student refuses any option given beside it
+    options = given if init is not None else {**default_student_options(size), **given}
     summary = run(ds, teacher, output, beta=beta, stage1=s1, stage2=s2, student_options=options, device=device,
                   seed=seed, resume=resume, teacher_source=teacher_path, distill=distill, kd_weight=kd_weight,
                   hard_latent=hard_latent, tune_tail=tune_tail, init=init)

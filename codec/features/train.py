@@ -282,7 +282,7 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     kd_weight > 0 adds kd_weight * KD(logits) to stage 1's loss; hard_latent decodes the rounded latent in stage 1;
     tune_tail trains the tail in stage 1 too (at TAIL_LR_SCALE, BatchNorm statistics kept), not only in stage 2.
     init: a student file whose encoder, prior and decoder stage 1 starts from (its architecture is used;
-    student_options must then be None), e.g. to continue a finished stage 1 with another beta or loss.
+    student_options must then be empty), e.g. to continue a finished stage 1 with another beta or loss.
     stage2.epochs = 0 writes the stage-1 student (tables frozen), which finetune_student can take from there.
     """
     if distill not in ("all", "head"):
@@ -293,8 +293,9 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     _check_data(ds, teacher)
     init_student = init_info = None
     if init is not None:
-        if student_options is not None:
-            raise UserError("--init takes the architecture from its student file: drop the architecture options")
+        if student_options:
+            raise UserError(f"--init takes the architecture from {init}: drop "
+                            + ", ".join(f"--{k.replace('_', '-')}" for k in student_options))
         init_student, model_id = model_file.load_student(init)
         if init_student.config["teacher"] != teacher.config:
             raise UserError(f"--init {init} was distilled from another teacher than the one given")
