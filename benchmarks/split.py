@@ -182,11 +182,13 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
-               stride: int = 4, lr: float | None = None) -> str:
+               stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
+               decoder: int = 32) -> str:
     """The cached stage-1 file's name: everything that changes what stage 1 trains (defaults left out)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
-    shape = f"c{channels}" + (f"s{stride}" if stride != 4 else "")
+    shape = (f"c{channels}" + (f"s{stride}" if stride != 4 else "") + (f"w{width}" if width != 32 else "")
+             + (f"r{blocks}" if blocks else "") + (f"d{decoder}" if decoder != 32 else ""))
     rate = f"_lr{lr:g}" if lr else ""
     return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
 
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-tail", action="store_true", help="stage 1 trains the tail too (not in the paper)")
     p.add_argument("--latent-channels", type=int, default=None)
     p.add_argument("--encoder-stride", type=int, default=None, help="latent size = 32 / stride (default 4)")
+    p.add_argument("--encoder-channels", type=int, default=None, help="device-side encoder width (default 32)")
+    p.add_argument("--encoder-blocks", type=int, default=None,
+                   help="residual blocks in the encoder at the latent's resolution (default 0)")
+    p.add_argument("--decoder-channels", type=int, default=None, help="server-side decoder width (default 32)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
@@ -227,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         if not f.exists():
             print(f"benchmarks.split: {option} {f} not found", file=sys.stderr)
             return 2
-    given = [o for o, v in (("--split", args.split != "layer1"), ("--latent-channels", args.latent_channels),
-                            ("--encoder-stride", args.encoder_stride)) if v]
+    architecture = {"latent_channels": args.latent_channels, "encoder_stride": args.encoder_stride,
+                    "encoder_channels": args.encoder_channels, "encoder_blocks": args.encoder_blocks,
+                    "decoder_channels": args.decoder_channels}
+    given = ["--" + k.replace("_", "-") for k, v in (("split", args.split != "layer1"), *architecture.items())
+             if v is not None and v is not False]
     if init and given:
         print(f"benchmarks.split: --stage1-init takes the architecture from {init}: drop {', '.join(given)}",
               file=sys.stderr)
@@ -259,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     student_rows = []
     options = T.default_student_options(32)
     options["split"] = args.split
-    if args.latent_channels:
-        options["latent_channels"] = args.latent_channels
-    if args.encoder_stride:
-        options["encoder_stride"] = args.encoder_stride
+    options.update({k: v for k, v in architecture.items() if v is not None})
     if init:                                   # --stage1-init: its architecture
         options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
@@ -310,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     for beta in betas:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
-                         options["encoder_stride"], args.lr)
+                         options["encoder_stride"], args.lr, options["encoder_channels"],
+                         options.get("encoder_blocks", 0), options["decoder_channels"])
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,

@@ -91,6 +91,8 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="The teacher stages up to and including this one are replaced by the bottleneck [layer1].")
 @click.option("--latent-channels", type=int, default=None, help="Channels of the coded latent.")
 @click.option("--encoder-channels", type=int, default=None, help="Width of the device-side encoder.")
+@click.option("--encoder-blocks", type=int, default=None,
+              help="Residual blocks in the encoder at the latent's resolution [0].")
 @click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
 @click.option("--encoder-stride", type=int, default=None, help="Latent size = image size / stride (1-16).")
 @click.option("--distill", type=click.Choice(["all", "head"]), default="all", show_default=True,
@@ -109,7 +111,8 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Run stage 2 only, from this student file (its encoder, prior and tables stay bit-identical).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, decoder_channels, encoder_stride, distill, kd_weight, hard_latent, tune_tail, init,
+                  encoder_channels, encoder_blocks, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
+                  tune_tail, init,
                   start, limit, batch_size, max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
@@ -125,6 +128,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("beta", beta, allow_zero=True)
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
+    _positive("encoder-blocks", encoder_blocks, allow_zero=True)
     _check_output(output)
     teacher = load_teacher_for_training(teacher_path)
     ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))
@@ -135,7 +139,8 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     s2 = replace(s2, epochs=epochs2 if epochs2 is not None else s2.epochs, lr=lr2 or s2.lr,
                  batch_size=batch_size or s2.batch_size, max_time=max_time)
     architecture = {"split": split, "latent_channels": latent_channels, "encoder_channels": encoder_channels,
-                    "decoder_channels": decoder_channels, "encoder_stride": encoder_stride}
+                    "encoder_blocks": encoder_blocks, "decoder_channels": decoder_channels,
+                    "encoder_stride": encoder_stride}
     if start is not None:
         stage1_only = [f"--{n.replace('_', '-')}" for n, v in (("epochs", epochs), ("lr", lr), *architecture.items(),
                                                                 ("kd_weight", kd_weight or None),

@@ -65,6 +65,6 @@ def test_stage1_cache_names_differ_by_everything_that_changes_stage1():
     base = ("layer1", 16, "all", 4.0, 12, None)
     assert B.stage1_tag(*base) == "stage1_layer1_c16_all_b4_e12_n10000"      # the names cached so far stay valid
     variants = [dict(kd=1e4), dict(hard=True), dict(tail=True), dict(stride=8), dict(lr=5e-4),
-                dict(init=B.Path("out/s.safetensors"))]
+                dict(init=B.Path("out/s.safetensors")), dict(width=48), dict(blocks=2), dict(decoder=64)]
     names = {B.stage1_tag(*base, **v) for v in variants} | {B.stage1_tag(*base)}
     assert len(names) == len(variants) + 1

@@ -107,7 +107,8 @@ def test_stage1_kd_weight_trains_through_the_logits(digits, teacher, tmp_path, d
         digits, teacher, str(tmp_path / name), beta=0.5, stage1=T.Schedule(1, 64, 3e-3),
         stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu", distill=distill, kd_weight=kd,
         hard_latent=True)
-    plain, kd = run("plain.safetensors", 0.0), run("kd.safetensors", 50.0)
+    run("plain.safetensors", 0.0)
+    kd = run("kd.safetensors", 50.0)
     assert (kd["kd_weight"], kd["hard_latent"], kd["distill"]) == (50.0, True, distill) and "stage1_init" not in kd
     a, b = (model_file.load(tmp_path / n).tensors for n in ("plain.safetensors", "kd.safetensors"))
     # same seed, same data order: only the KD term differs, and it reached the encoder
@@ -252,6 +253,29 @@ def test_device_encoder_is_under_5_percent_of_resnet56_macs():
     e_macs = count_macs(student.encoder, x)
     assert math.isclose(t_macs, 125.49e6, rel_tol=1e-3)      # the figure quoted for ResNet-56
     assert e_macs < 0.05 * t_macs
+
+
+@pytest.mark.parametrize("options, fraction", [(dict(encoder_channels=48), 0.0461),
+                                               (dict(encoder_blocks=2), 0.0417)])
+def test_bigger_encoders_stay_under_5_percent_of_resnet56(options, fraction):
+    """The two bigger device encoders the benchmark tries: wider (48), or two residual blocks at 8x8."""
+    teacher = CifarResNet(make_config("resnet56", 10))
+    student = Student(student_config(teacher.config, **{**T.default_student_options(32), **options}))
+    x = torch.zeros(1, 3, 32, 32)
+    assert count_macs(student.encoder, x) / count_macs(teacher, x) == pytest.approx(fraction, abs=1e-4)
+    blocks = [m for m in student.encoder if type(m).__name__ == "ResidualBlock"]
+    assert len(blocks) == options.get("encoder_blocks", 0)
+    assert student.encode(torch.rand(2, 3, 32, 32)).shape == (2, 16, 8, 8)
+
+
+def test_a_config_without_encoder_blocks_builds_the_encoder_it_was_written_with():
+    """Files written before the option existed carry no encoder_blocks: they load as the plain encoder."""
+    teacher = CifarResNet(make_config("resnet56", 10))
+    cfg = student_config(teacher.config, **T.default_student_options(32))
+    del cfg["encoder_blocks"]
+    assert [type(m).__name__ for m in Student(cfg).encoder] == ["Conv2d", "GDN", "Conv2d", "GDN", "Conv2d"]
+    with pytest.raises(UserError, match="encoder_blocks"):
+        Student(student_config(teacher.config, encoder_blocks=-1))
 
 
 def test_image_folder_and_tar_archive_load_alike(tmp_path):

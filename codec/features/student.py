@@ -14,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN
+from compressai.layers import GDN, ResidualBlock
 
 from codec.errors import UserError
 from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
 DEFAULTS = {"split": "layer1", "latent_channels": 16, "encoder_channels": 32, "encoder_stride": 4,
-            "decoder_channels": 64}
+            "decoder_channels": 64, "encoder_blocks": 0}
 PRIOR_INIT_SCALE = 1.0
 
 
@@ -49,15 +49,20 @@ def check_config(cfg: dict[str, Any]) -> None:
     for k in ("latent_channels", "encoder_channels", "decoder_channels"):
         if not 1 <= int(cfg[k]) <= 1024:
             raise UserError(f"{k} = {cfg[k]}: expected 1..1024")
+    if not 0 <= int(cfg.get("encoder_blocks", 0)) <= 8:
+        raise UserError(f"encoder_blocks = {cfg['encoder_blocks']}: expected 0..8")
 
 
-def make_encoder(c_in: int, width: int, latent: int, stride: int) -> nn.Sequential:
-    """Strided 5x5 convolutions with GDN down to 1/stride, then a 3x3 convolution to the latent channels."""
+def make_encoder(c_in: int, width: int, latent: int, stride: int, blocks: int = 0) -> nn.Sequential:
+    """Strided 5x5 convolutions with GDN down to 1/stride, `blocks` residual blocks (two 3x3 convolutions each) at
+    the latent's resolution, then a 3x3 convolution to the latent channels."""
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(max(1, int(math.log2(stride)))):
         layers += [nn.Conv2d(c, width, 5, 2 if stride > 1 else 1, 2), GDN(width)]
         c = width
+    # depth where it is cheapest: at 1/stride of the image a block costs a quarter of one at the resolution above
+    layers += [ResidualBlock(width, width) for _ in range(blocks)]
     layers.append(nn.Conv2d(c, latent, 3, 1, 1))
     return nn.Sequential(*layers)
 
@@ -85,7 +90,9 @@ class Student(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(tcfg["std"], dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
-        self.encoder = make_encoder(int(tcfg["in_channels"]), int(config["encoder_channels"]), n, stride)
+        # files written before encoder_blocks existed have none
+        self.encoder = make_encoder(int(tcfg["in_channels"]), int(config["encoder_channels"]), n, stride,
+                                    int(config.get("encoder_blocks", 0)))
         # a narrow initial prior (CompressAI's default is 10) lets a short run reach low rates: the prior need
         # not first shrink from a width of tens of quantisation steps
         self.entropy_bottleneck = EntropyBottleneck(n, init_scale=PRIOR_INIT_SCALE)
