@@ -112,6 +112,24 @@ def evaluate_student(student: Student, images, labels, dev) -> dict:
             "encode_ms_per_image_batched": enc_ms}
 
 
+def device_cost(teacher, config: dict) -> dict:
+    """The student's device half (encoder; the prior's few parameters) against the teacher, in parameters and
+    multiply-accumulates for one 32x32 image; also the teacher MACs its encoder + decoder replace."""
+    x = torch.zeros(1, 3, 32, 32)
+    shell = Student(config)
+    replaced = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1, bias=False), teacher.conv1,
+                                   *[getattr(teacher, s) for s in STAGES[:STAGES.index(config["split"]) + 1]])
+    cost = {"encoder_macs": count_macs(shell.encoder, x),
+            "encoder_params": sum(p.numel() for p in shell.encoder.parameters()),
+            "prior_params": sum(p.numel() for p in shell.entropy_bottleneck.parameters()),
+            # conv1 and the stages up to the split; the 1x1 conv in front only makes count_macs see the input
+            "replaced_teacher_macs": count_macs(replaced, x) - 9 * 32 * 32,
+            "teacher_macs": count_macs(teacher, x),
+            "teacher_params": sum(p.numel() for p in teacher.parameters())}
+    cost["encoder_macs_fraction_of_teacher"] = cost["encoder_macs"] / cost["teacher_macs"]
+    return cost
+
+
 def bytes_needed(curve: list[dict], accuracy: float) -> float | None:
     """Fewest bytes per image at which a baseline curve reaches `accuracy` (linear between measured points)."""
     pts = sorted((r["bytes_per_image"], r["top1"]) for r in curve)
@@ -204,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="stage-1 Adam learning rate (2e-3)")
     p.add_argument("--epochs2", type=int, default=6, help="stage-2 epochs (full passes; the accuracy lever)")
     p.add_argument("--lr2", type=float, default=None, help="stage-2 SGD learning rate for the first half (1e-2)")
+    p.add_argument("--mix2", default="none", choices=list(T.MIXES), help="stage 2 mixes pairs of images")
+    p.add_argument("--kd-alpha2", type=float, default=0.5, help="stage-2 KL weight (1 - it on the labels' CE)")
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
     p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
@@ -247,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"benchmarks.split: --betas {args.betas!r}: expected numbers separated by commas", file=sys.stderr)
         return 2
+    loss2 = T.Stage2Loss(kd_alpha=args.kd_alpha2, mix=args.mix2)
+    if not 0.0 <= loss2.kd_alpha <= 1.0:
+        print(f"benchmarks.split: --kd-alpha2 must be between 0 and 1, got {loss2.kd_alpha}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(args.device)
@@ -273,20 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: v for k, v in model_file.load(str(init)).config.items() if k not in ("teacher", "beta")}
     s1, s2 = T.default_schedules(32)
     s1.epochs, s1.lr, s2.epochs, s2.lr = args.epochs, args.lr or s1.lr, args.epochs2, args.lr2 or s2.lr
-    shell = Student(make_student_config(teacher.config, **options))
-    x = torch.zeros(1, 3, 32, 32)
-    teacher_cpu = teacher.cpu()
-    replaced = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1, bias=False), teacher_cpu.conv1,
-                                   *[getattr(teacher_cpu, s) for s in STAGES[:STAGES.index(options["split"]) + 1]])
-    cost = {"teacher_macs": count_macs(teacher_cpu, x),
-            "teacher_params": sum(p.numel() for p in teacher_cpu.parameters()),
-            "encoder_macs": count_macs(shell.encoder, x),
-            "encoder_params": sum(p.numel() for p in shell.encoder.parameters()),
-            "prior_params": sum(p.numel() for p in shell.entropy_bottleneck.parameters()),
-            # the teacher layers the encoder + decoder replace (conv1 and the stages up to the split)
-            "replaced_teacher_macs": count_macs(replaced, x) - 9 * 32 * 32}
-    cost["encoder_macs_fraction_of_teacher"] = cost["encoder_macs"] / cost["teacher_macs"]
-    print_table([{"what": k, "value": v} for k, v in cost.items()], ["what", "value"], title="device-side cost")
+    # the device-side cost of every student this run evaluates, from its own architecture: the one trained here
+    # (options, or --stage1-init's) and each --stage1-from file's
+    configs = ([("trained here", make_student_config(teacher.config, **options))] if betas else []) + \
+        [(f.name, model_file.load(str(f)).config) for f in starts]
+    costs = [{"student": name, **device_cost(teacher.cpu(), cfg)} for name, cfg in configs]
+    print_table(costs, ["student", "encoder_macs", "encoder_params", "prior_params", "replaced_teacher_macs",
+                        "teacher_macs", "encoder_macs_fraction_of_teacher"], title="device-side cost")
+    cost_of = {c["student"]: c for c in costs}
     teacher.to(dev)
     # the teacher-minus-1-point accuracy and what JPEG / WebP need for it: the same for every student
     target = target_check(0.0, 0.0, t_top1, base_rows)
@@ -295,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {"machine": device_name(dev), "test_images": len(test), "teacher_top1": t_top1,
                   "target": {"top1": t_top1 - 0.01, "bytes_fraction": 0.2, **{
                       k: v for k, v in target.items() if k.endswith("_bytes_at_target")}},
-                  "baselines": base_rows, "students": student_rows, "cost": cost,
+                  "baselines": base_rows, "students": student_rows, "cost": costs,
                   "schedule": {"stage1_epochs": args.epochs, "stage1_lr": s1.lr, "stage2_epochs": args.epochs2,
-                               "stage2_lr": s2.lr, "distill": args.distill, "kd_weight": args.kd,
+                               "stage2_lr": s2.lr, "stage2_loss": vars(loss2), "distill": args.distill, "kd_weight": args.kd,
                                "hard_latent": args.hard_latent, "tune_tail": args.tune_tail,
                                "stage1_init": args.stage1_init,
                                "train_images": args.train_images or 10000}}
@@ -313,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (stage-1 student file, final student file): stage 1 is cached on its own, so --epochs2 changes redo stage 2 only
     jobs = []
+    stage2_tag = f"s2e{args.epochs2}_lr{s2.lr:g}{loss2.tag()}"
     for beta in betas:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
@@ -327,13 +346,13 @@ def main(argv: list[str] | None = None) -> int:
                             init=str(init) if init else None,
                             resume=True)
             teacher.to(dev)
-        jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors"))
-    jobs += [(f, out / f"student_from-{f.stem}_s2e{args.epochs2}_lr{s2.lr:g}.safetensors") for f in starts]
+        jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_{stage2_tag}.safetensors"))
+    jobs += [(f, out / f"student_from-{f.stem}_{stage2_tag}.safetensors") for f in starts]
 
     for first, path in jobs:
         if not path.exists():
             T.finetune_student(training_data(), teacher.cpu(), str(first), str(path), stage2=s2, device=args.device,
-                               teacher_source=str(TEACHER), resume=True)
+                               teacher_source=str(TEACHER), resume=True, loss2=loss2)
             teacher.to(dev)
         student, model_id = model_file.load_student(str(path))
         student.to(dev)
@@ -342,18 +361,21 @@ def main(argv: list[str] | None = None) -> int:
                **evaluate_student(student, test.images, test.labels, dev),
                **{k: meta.get(k) for k in ("distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init",
                                            "stage1_epochs", "stage1_seconds", "stage2_epochs", "stage2_seconds",
-                                           "train_images")},
+                                           "stage2_loss", "train_images")},
                # the split feature's squared error per image at the end of stage 1, and always predicting the mean
                "stage1_head_error": meta.get("stage1_head_error"),
                "stage1_head_error_if_mean": meta.get("stage1_head_error_if_mean")}
         row["start_record"] = meta.get("start")          # the stage-2 start file's own training record
+        cost = cost_of.get(first.name, cost_of.get("trained here"))
+        row.update({k: cost[k] for k in ("encoder_macs", "encoder_params", "encoder_macs_fraction_of_teacher")})
         need = {m: bytes_needed([r for r in base_rows if r["method"] == m], row["top1"]) for m in ("jpeg", "webp")}
         row["jpeg_bytes_same_top1"], row["webp_bytes_same_top1"] = need["jpeg"], need["webp"]
         row.update(target_check(row["bytes_per_image"], row["top1"], t_top1, base_rows))
         student_rows.append(row)
         save(student_rows)
     print_table(student_rows, ["beta", "stage2_from", "stage2_epochs", "bytes_per_image", "wire_bytes_per_image",
-                               "top1", "jpeg_bytes_same_top1", "webp_bytes_same_top1"],
+                               "top1", "jpeg_bytes_same_top1", "webp_bytes_same_top1",
+                               "encoder_macs_fraction_of_teacher"],
                 title="Entropic Student (ResNet-56 teacher)")
     print_table(student_rows, ["beta", "stage2_epochs", "top1", "bytes_per_image", "baseline_bytes_at_target",
                                "bytes_fraction_of_baseline", "top1_ok", "bytes_ok", "target_met"],

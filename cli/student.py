@@ -109,16 +109,20 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Start stage 1 from this student file's encoder, prior and decoder (its architecture).")
 @click.option("--from", "start", default=None,
               help="Run stage 2 only, from this student file (its encoder, prior and tables stay bit-identical).")
+@click.option("--mix", type=click.Choice(["none", "mixup", "cutmix"]), default="none", show_default=True,
+              help="Stage 2 mixes pairs of training images (the teacher labels each mixed image).")
+@click.option("--kd-alpha", type=float, default=0.5, show_default=True,
+              help="Stage-2 weight of the KL to the teacher; the rest is cross-entropy on the labels (1: none).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
                   encoder_channels, encoder_blocks, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
                   tune_tail, init,
-                  start, limit, batch_size, max_time, device, seed, resume, as_json):
+                  start, mix, kd_alpha, limit, batch_size, max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
     from codec.features.data import load_dataset
-    from codec.features.train import (default_schedules, default_student_options, finetune_student,
+    from codec.features.train import (Stage2Loss, default_schedules, default_student_options, finetune_student,
                                       load_teacher_for_training, train_student as run)
 
     for name, v in (("epochs", epochs), ("lr", lr), ("lr2", lr2), ("limit", limit),
@@ -129,6 +133,10 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
     _positive("encoder-blocks", encoder_blocks, allow_zero=True)
+    loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix)
+    loss2.check()
+    if epochs2 == 0 and loss2 != Stage2Loss():
+        raise UserError("--mix and --kd-alpha shape stage 2, which --epochs2 0 skips")
     _check_output(output)
     teacher = load_teacher_for_training(teacher_path)
     ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))
@@ -152,7 +160,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
         if not os.path.isfile(start):
             raise UserError(f"--from {start}: no such student file")
         summary = finetune_student(ds, teacher, start, output, stage2=s2, device=device, seed=seed, resume=resume,
-                                   teacher_source=teacher_path)
+                                   teacher_source=teacher_path, loss2=loss2)
         _report(summary, as_json, "ncodec train student (stage 2)")
         return
     given = {k: v for k, v in architecture.items() if v is not None}
@@ -162,7 +170,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     options = given if init is not None else {**default_student_options(size), **given}
     summary = run(ds, teacher, output, beta=beta, stage1=s1, stage2=s2, student_options=options, device=device,
                   seed=seed, resume=resume, teacher_source=teacher_path, distill=distill, kd_weight=kd_weight,
-                  hard_latent=hard_latent, tune_tail=tune_tail, init=init)
+                  hard_latent=hard_latent, tune_tail=tune_tail, init=init, loss2=loss2)
     _report(summary, as_json, "ncodec train student")
 
 

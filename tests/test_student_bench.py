@@ -68,3 +68,32 @@ def test_stage1_cache_names_differ_by_everything_that_changes_stage1():
                 dict(init=B.Path("out/s.safetensors")), dict(width=48), dict(blocks=2), dict(decoder=64)]
     names = {B.stage1_tag(*base, **v) for v in variants} | {B.stage1_tag(*base)}
     assert len(names) == len(variants) + 1
+
+
+def test_device_cost_is_the_students_own_encoder_also_from_a_file(tmp_path):
+    """The cost table follows each student's architecture, e.g. a --stage1-from file with a deeper encoder (the
+    table used to show the default encoder's cost for every student)."""
+    from codec.features import model_file
+    from codec.features import train as T
+    from codec.features.student import Student, make_config as student_config
+    from codec.features.teacher import CifarResNet, make_config
+
+    teacher = CifarResNet(make_config("resnet56", 10))
+    default = student_config(teacher.config, **T.default_student_options(32))
+    deeper = student_config(teacher.config, **{**T.default_student_options(32), "encoder_blocks": 2})
+    path = tmp_path / "deeper.safetensors"
+    student = Student(deeper)
+    student.update_tables()
+    model_file.save_student(str(path), student, {})
+    costs = [B.device_cost(teacher, cfg) for cfg in (default, deeper, model_file.load(str(path)).config)]
+    assert [round(c["encoder_macs_fraction_of_teacher"], 4) for c in costs] == [0.0229, 0.0417, 0.0417]
+    assert costs[1] == costs[2] and costs[0]["teacher_macs"] == costs[1]["teacher_macs"]
+    assert costs[0]["encoder_params"] < costs[1]["encoder_params"]
+
+
+def test_stage2_loss_names_keep_the_default_cache_names():
+    from codec.features.train import Stage2Loss
+    assert Stage2Loss().tag() == ""
+    tags = {Stage2Loss(1.0, "mixup").tag(), Stage2Loss(1.0, "cutmix").tag(), Stage2Loss(0.5, "mixup").tag(),
+            Stage2Loss(1.0, "none").tag()}
+    assert len(tags) == 4 and all(t.startswith("_") for t in tags)

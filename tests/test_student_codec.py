@@ -200,3 +200,21 @@ def test_cli_encoder_blocks(capsys, models, tmp_path):
     assert_one_line_error(code, err, "--encoder-blocks")
     code, _, err = run(capsys, *base, "--init", models / "student.safetensors", "--encoder-blocks", "2")
     assert_one_line_error(code, err, "--encoder-blocks")
+
+
+def test_cli_stage2_mix_and_kd_alpha(capsys, models, tmp_path):
+    """`--from S --mix cutmix --kd-alpha 1` runs stage 2 on mixed images against the teacher alone; impossible
+    values and a stage 2 that does not run are one-line errors."""
+    out = tmp_path / "mixed.safetensors"
+    base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
+            "--device", "cpu", "--epochs2", "1", "-o", out]
+    code, stdout, err = run(capsys, *base, "--from", models / "student.safetensors", "--mix", "cutmix",
+                            "--kd-alpha", "1", "--json")
+    assert code == 0, err
+    assert model_file.load(str(out)).meta["training"]["stage2_loss"] == {"kd_alpha": 1.0, "mix": "cutmix"}
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--kd-alpha", "2")
+    assert_one_line_error(code, err, "--kd-alpha")
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--mix", "blend")
+    assert code == 2 and "blend" in err
+    code, _, err = run(capsys, *[a if a != "1" else "0" for a in base], "--mix", "mixup")
+    assert_one_line_error(code, err, "--epochs2 0")

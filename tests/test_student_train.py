@@ -309,3 +309,49 @@ def test_a_diverging_run_stops_with_a_one_line_error(digits, teacher, tmp_path, 
         T.train_student(digits, teacher, str(tmp_path / "n.safetensors"), beta=0.5, stage1=T.Schedule(1, 64, 1e-3),
                         stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu")
     assert not (tmp_path / "n.safetensors").exists()
+
+
+def test_mixup_blends_pairs_and_cutmix_pastes_a_box_of_the_partner():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 32, 32)
+    mixed, partner, lam = T.mix_images(x, "mixup", g)
+    assert 0 <= lam <= 1 and sorted(partner.tolist()) == list(range(6))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner])
+    for _ in range(5):
+        cut, partner, lam = T.mix_images(x, "cutmix", g)
+        from_partner = (cut == x[partner]) & (cut != x)        # pixels that came from the partner
+        kept = 1 - from_partner[partner != torch.arange(6)].float().mean().item()
+        assert kept == pytest.approx(lam, abs=1e-6)             # lam is the area actually kept
+        assert torch.equal(cut[partner == torch.arange(6)], x[partner == torch.arange(6)])
+
+
+def test_kd_loss_mixes_the_labels_and_alpha_1_is_the_teacher_alone():
+    torch.manual_seed(0)
+    logits, t_logits = torch.randn(8, 10), torch.randn(8, 10)
+    a, b = torch.randint(0, 10, (8,)), torch.randint(0, 10, (8,))
+    ce = torch.nn.functional.cross_entropy
+    kl = T.kd_loss(logits, t_logits, a, alpha=1.0)
+    assert torch.isclose(kl, T.kd_loss(logits, t_logits, b, alpha=1.0))          # no labels in it
+    mixed = T.kd_loss(logits, t_logits, a, alpha=0.5, mixed=(b, 0.3))
+    assert torch.isclose(mixed, 0.5 * (0.3 * ce(logits, a) + 0.7 * ce(logits, b)) + 0.5 * kl)
+
+
+@pytest.mark.parametrize("loss2", [T.Stage2Loss(1.0, "cutmix"), T.Stage2Loss(0.5, "mixup")])
+def test_stage2_with_mixed_images_trains_the_tail_and_keeps_the_encoder(digits, teacher, tmp_path, loss2):
+    _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
+    summary = T.finetune_student(digits, teacher, str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+                                 stage2=T.Schedule(1, 32, 1e-2), device="cpu", loss2=loss2)
+    assert summary["stage2_loss"] == {"kd_alpha": loss2.kd_alpha, "mix": loss2.mix}
+    a, b = (model_file.load(tmp_path / f"{n}.safetensors").tensors for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "entropy_bottleneck.")))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("tail.", "linear.")))
+    assert summary["heldout_top1_student"] > 0.3
+
+
+@pytest.mark.parametrize("loss2, message", [(T.Stage2Loss(0.5, "blend"), "--mix 'blend'"),
+                                            (T.Stage2Loss(1.5, "none"), "--kd-alpha must be between 0 and 1")])
+def test_impossible_stage2_losses_are_user_errors(digits, teacher, tmp_path, loss2, message):
+    with pytest.raises(UserError, match=message):
+        T.train_student(digits, teacher, str(tmp_path / "a.safetensors"), beta=0.5, stage1=T.Schedule(1, 32, 3e-3),
+                        stage2=T.Schedule(1, 32, 1e-2), student_options=TINY, device="cpu", loss2=loss2)
+    assert not (tmp_path / "a.safetensors").exists()

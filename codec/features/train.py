@@ -7,7 +7,9 @@ depart from the paper for low rates (docs/STUDENT.md): kd_weight adds the KD los
 what the classifier needs; hard_latent decodes the rounded latent (straight-through) instead of the noisy one;
 tune_tail trains the tail in stage 1 too.
 Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
-tail learn from the hard-quantised latent with the KD loss 0.5 * CE + 0.5 * KL(teacher || student).
+tail learn from the hard-quantised latent with the KD loss (1 - alpha) * CE + alpha * KL(teacher || student),
+alpha 0.5 by default; Stage2Loss can raise alpha to 1 (match the teacher alone) and mix pairs of images (mixup or
+CutMix), so that the tail is taught the teacher's function between the few thousand training images as well.
 
 Checkpoints are written after each epoch beside the output (`OUT.ckpt`, safetensors) and picked up by resume=True.
 """
@@ -17,7 +19,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -61,6 +63,26 @@ class Schedule:
     lr: float
     max_time: float | None = None      # seconds for the whole stage; the stage ends after the epoch that passes it
     max_images: int | None = None      # images for the whole stage (a fraction of an epoch is allowed)
+
+
+MIXES = ("none", "mixup", "cutmix")
+
+
+@dataclass(frozen=True)
+class Stage2Loss:
+    """Stage 2's objective: the KL weight alpha (the rest is CE on the labels) and how the images are mixed."""
+    kd_alpha: float = 0.5
+    mix: str = "none"          # "mixup" (a blend) or "cutmix" (a pasted box) of each image with another one
+
+    def check(self) -> None:
+        if self.mix not in MIXES:
+            raise UserError(f"--mix {self.mix!r}: expected one of {', '.join(MIXES)}")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise UserError(f"--kd-alpha must be between 0 and 1, got {self.kd_alpha}")
+
+    def tag(self) -> str:
+        """A short file-name part; empty for the default loss (so earlier cache names stay valid)."""
+        return "" if self == Stage2Loss() else f"_{self.mix}_a{self.kd_alpha:g}"
 
 
 @dataclass
@@ -229,12 +251,38 @@ def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
 
 
 def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            alpha: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
-    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher || student)."""
+            alpha: float = 0.5, temperature: float = 1.0, mixed: tuple[torch.Tensor, float] | None = None
+            ) -> torch.Tensor:
+    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher || student). mixed = (the partner images' labels,
+    lam): the CE is lam * CE(labels) + (1 - lam) * CE(partner labels), as for mixup and CutMix."""
     t = temperature
     kl = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
                   log_target=True)
-    return (1 - alpha) * F.cross_entropy(logits, labels) + alpha * t * t * kl
+    if alpha >= 1.0:
+        return t * t * kl
+    ce = F.cross_entropy(logits, labels)
+    if mixed is not None:
+        ce = mixed[1] * ce + (1 - mixed[1]) * F.cross_entropy(logits, mixed[0])
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+def mix_images(x: torch.Tensor, how: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix each image with a partner from the same batch: mixup (Zhang et al. 2018, a blend lam * x + (1 - lam) *
+    partner) or CutMix (Yun et al. 2019, a box of area 1 - lam pasted from the partner), lam ~ U(0, 1) per batch.
+    Returns the mixed images, the partners' indices and lam (for CutMix, the area actually kept)."""
+    n, _, h, w = x.shape
+    partner = torch.randperm(n, generator=generator).to(x.device)
+    lam = float(torch.rand((), generator=generator))
+    if how == "mixup":
+        return lam * x + (1 - lam) * x[partner], partner, lam
+    if how != "cutmix":
+        raise ValueError(how)
+    bh, bw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    top = int(torch.randint(0, h - bh + 1, (), generator=generator))
+    left = int(torch.randint(0, w - bw + 1, (), generator=generator))
+    x = x.clone()
+    x[:, :, top:top + bh, left:left + bw] = x[partner, :, top:top + bh, left:left + bw]
+    return x, partner, 1.0 - bh * bw / (h * w)
 
 
 @torch.no_grad()
@@ -274,7 +322,8 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
                   stage1: Schedule, stage2: Schedule, student_options: dict[str, Any] | None = None,
                   device: str = "auto", seed: int = 0, resume: bool = False,
                   teacher_source: str = "", distill: str = "all", kd_weight: float = 0.0,
-                  hard_latent: bool = False, tune_tail: bool = False, init: str | None = None) -> dict[str, Any]:
+                  hard_latent: bool = False, tune_tail: bool = False, init: str | None = None,
+                  loss2: Stage2Loss = Stage2Loss()) -> dict[str, Any]:
     """Both stages; writes the student model file (weights + CDF tables + config) and returns a summary.
 
     distill="all" matches the split feature and every later stage's output (the paper); "head" matches only the
@@ -284,7 +333,9 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     init: a student file whose encoder, prior and decoder stage 1 starts from (its architecture is used;
     student_options must then be empty), e.g. to continue a finished stage 1 with another beta or loss.
     stage2.epochs = 0 writes the stage-1 student (tables frozen), which finetune_student can take from there.
+    loss2: stage 2's objective (Stage2Loss).
     """
+    loss2.check()
     if distill not in ("all", "head"):
         raise UserError(f"--distill {distill!r}: expected all or head")
     for name, v in (("beta", beta), ("kd weight", kd_weight)):
@@ -307,15 +358,16 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
                  "tune_tail": bool(tune_tail)}
     with cpu_threads(threads_for(dev, ds.size[0])):
         return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                              teacher_source, objective, init_student, init_info)
+                              teacher_source, objective, init_student, init_info, loss2)
 
 
 def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str, *, stage2: Schedule,
                      device: str = "auto", seed: int = 0, resume: bool = False,
-                     teacher_source: str = "") -> dict[str, Any]:
+                     teacher_source: str = "", loss2: Stage2Loss = Stage2Loss()) -> dict[str, Any]:
     """Stage 2 alone, from a finished student file (e.g. one written with stage2.epochs = 0): the decoder and tail
     are fine-tuned further while the encoder, prior and CDF tables stay bit-identical, so a longer stage 2 does not
     redo stage 1. The summary keeps the start file's training record under "start"."""
+    loss2.check()
     _check_data(ds, teacher)
     student, start_id = model_file.load_student(start)
     if student.config["teacher"] != teacher.config:
@@ -329,25 +381,27 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
         _frozen(teacher)
         ckpt = Checkpoint(checkpoint_path(output))
         # a stage-2-only checkpoint: a full run's checkpoint (which may be in stage 1) is not one of these
-        setup = {**student.config, "from": start_id}
+        setup = {**student.config, "from": start_id, "stage2_loss": asdict(loss2)}
         state = ckpt.load("student stage 2", setup) if resume else None
         if state is not None:
             load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
         student.to(dev)
         t_start = time.time()
         record: dict[str, Any] = {}
-        _stage2(student, teacher, train, stage2, ckpt, ("student stage 2", setup), state, g, seed, dev, record)
+        _stage2(student, teacher, train, stage2, loss2, ckpt, ("student stage 2", setup), state, g, seed, dev,
+                record)
         keep = ("beta", "distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init", "stage1_epochs",
                 "stage1_seconds", "stage1_head_error", "stage1_head_error_if_mean")
         summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record,
                           {**{k: start_record[k] for k in keep if k in start_record}, "stage2_epochs": stage2.epochs,
+                           "stage2_loss": asdict(loss2),
                            "stage2_from": os.path.basename(start), "start": start_record})
     ckpt.remove()
     return summary
 
 
 def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
-                   teacher_source, objective, init_student, init_info) -> dict[str, Any]:
+                   teacher_source, objective, init_student, init_info, loss2) -> dict[str, Any]:
     tcfg = teacher.config
     cfg = make_student_config(tcfg, **(student_options or {}))
     cfg["beta"] = float(beta)
@@ -367,7 +421,8 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     images, labels = train.images, train.labels
     ckpt = Checkpoint(checkpoint_path(output))
     # a checkpoint resumes only the same setup: architecture, beta, stage-1 loss and --init file
-    setup = {**cfg, "stage1_loss": objective, "init": init_info and init_info["model_id"]}
+    setup = {**cfg, "stage1_loss": objective, "init": init_info and init_info["model_id"],
+             "stage2_loss": asdict(loss2)}
     state = ckpt.load("student", setup) if resume else None
     # a checkpoint says which stage and epoch finished last: resume right after it
     done_stage, done_epoch = (int(state.meta["stage"]), int(state.meta["epoch"])) if state else (1, -1)
@@ -464,8 +519,9 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         student.to(dev)
         state = None                              # stage 2 starts afresh after a stage 1 run here
 
-    _stage2(student, teacher, train, stage2, ckpt, ("student", setup), state, g, seed, dev, record)
-    info = {"beta": beta, **objective, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs}
+    _stage2(student, teacher, train, stage2, loss2, ckpt, ("student", setup), state, g, seed, dev, record)
+    info = {"beta": beta, **objective, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs,
+            "stage2_loss": asdict(loss2)}
     if init_info is not None:
         info["stage1_init"] = init_info["from"]
     if "stage1_last_epoch" in record:          # the split feature's squared error per image, last stage-1 epoch
@@ -477,11 +533,13 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     return summary
 
 
-def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, ckpt: Checkpoint,
+def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, loss2: Stage2Loss,
+            ckpt: Checkpoint,
             kind: tuple[str, dict], state: model_file.ModelFile | None, g: torch.Generator, seed: int,
             dev: torch.device, record: dict[str, Any]) -> None:
     """Stage 2: encoder and prior frozen; the decoder and tail are fine-tuned on the hard-quantised latent of
-    augmented images with the KD loss against the teacher's logits on the same images. SGD, x0.1 at half-way.
+    augmented images with the KD loss against the teacher's logits on the same images (loss2: its alpha, mixed
+    images or not). SGD, x0.1 at half-way.
     `kind`: the checkpoint's (what, setup); `state`: a checkpoint that finished a stage-2 epoch (resume after it),
     or None."""
     _frozen(student.encoder)
@@ -516,11 +574,16 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
             seen += len(idx)
             # augmentation matters here: the tail is re-trained on a few thousand images and overfits without it
             x = aug(to_float(images[idx.to(dev)]), g)
+            y = labels[idx.to(dev)]
+            mixed = None
+            if loss2.mix != "none":       # the teacher labels the mixed image itself: its function, not a blend
+                x, partner, lam = mix_images(x, loss2.mix, g)
+                mixed = (y[partner], lam)
             with torch.no_grad():
                 t_logits = teacher(x)
                 symbols = student.to_symbols(student.encode(x))     # hard rounding, detached (paper's stage 2)
             logits = student.classify_symbols(symbols)
-            loss = kd_loss(logits, t_logits, labels[idx.to(dev)])
+            loss = kd_loss(logits, t_logits, y, alpha=loss2.kd_alpha, mixed=mixed)
             _step(opt, loss, "student stage 2", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
