@@ -21,6 +21,7 @@ import io
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 
 from codec.device import device_name, pick_device
+from codec.errors import UserError
 from codec.features import model_file
 from codec.features import train as T
 from codec.features.codec import LatentCoder, classify_symbols, encode_images
@@ -268,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.split: --betas {args.betas!r}: expected numbers separated by commas", file=sys.stderr)
         return 2
     loss2 = T.Stage2Loss(kd_alpha=args.kd_alpha2, mix=args.mix2)
-    if not 0.0 <= loss2.kd_alpha <= 1.0:
-        print(f"benchmarks.split: --kd-alpha2 must be between 0 and 1, got {loss2.kd_alpha}", file=sys.stderr)
+    try:
+        loss2.check()                      # the one check train_student and the CLI use
+    except UserError as e:
+        print(f"benchmarks.split: {str(e).replace('--kd-alpha', '--kd-alpha2')}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                       k: v for k, v in target.items() if k.endswith("_bytes_at_target")}},
                   "baselines": base_rows, "students": student_rows, "cost": costs,
                   "schedule": {"stage1_epochs": args.epochs, "stage1_lr": s1.lr, "stage2_epochs": args.epochs2,
-                               "stage2_lr": s2.lr, "stage2_loss": vars(loss2), "distill": args.distill, "kd_weight": args.kd,
+                               "stage2_lr": s2.lr, "stage2_loss": asdict(loss2),
+                               "distill": args.distill, "kd_weight": args.kd,
                                "hard_latent": args.hard_latent, "tune_tail": args.tune_tail,
                                "stage1_init": args.stage1_init,
                                "train_images": args.train_images or 10000}}
