@@ -109,8 +109,9 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Start stage 1 from this student file's encoder, prior and decoder (its architecture).")
 @click.option("--from", "start", default=None,
               help="Run stage 2 only, from this student file (its encoder, prior and tables stay bit-identical).")
-@click.option("--mix", type=click.Choice(["none", "mixup", "cutmix"]), default="none", show_default=True,
-              help="Stage 2 mixes pairs of training images (the teacher labels each mixed image).")
+@click.option("--mix", default="none", show_default=True,   # checked by Stage2Loss.check, with its choices
+              help="Stage 2 mixes pairs of training images: none, mixup or cutmix (the teacher labels each mixed "
+                   "image).")
 @click.option("--kd-alpha", type=float, default=0.5, show_default=True,
               help="Stage-2 weight of the KL to the teacher; the rest is cross-entropy on the labels (1: none).")
 @_with_common

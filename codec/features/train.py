@@ -573,8 +573,8 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
                 break
             seen += len(idx)
             # augmentation matters here: the tail is re-trained on a few thousand images and overfits without it
-            x = aug(to_float(images[idx.to(dev)]), g)
-            y = labels[idx.to(dev)]
+            idx = idx.to(dev)
+            x, y = aug(to_float(images[idx]), g), labels[idx]
             mixed = None
             if loss2.mix != "none":       # the teacher labels the mixed image itself: its function, not a blend
                 x, partner, lam = mix_images(x, loss2.mix, g)
