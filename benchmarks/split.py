@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
     p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
-    p.add_argument("--distill", default="head", choices=["all", "head"], help="stage-1 targets (see train)")
+    p.add_argument("--distill", default="head", choices=T.DISTILLS, help="stage-1 targets (see train)")
     p.add_argument("--kd", type=float, default=0.0, help="stage-1 KD weight on the logits (not in the paper)")
     p.add_argument("--hard-latent", action="store_true", help="stage 1 decodes the rounded latent (straight-through)")
     p.add_argument("--tune-tail", action="store_true", help="stage 1 trains the tail too (not in the paper)")

@@ -95,9 +95,9 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Residual blocks in the encoder at the latent's resolution [0].")
 @click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
 @click.option("--encoder-stride", type=int, default=None, help="Latent size = image size / stride (1-16).")
-@click.option("--distill", type=click.Choice(["all", "head"]), default="all", show_default=True,
-              help="Stage 1 matches every teacher stage from the split on (all, the paper) or only the split "
-                   "feature (head: ~3x cheaper).")
+@click.option("--distill", default="all", show_default=True,    # checked by train_student, with its choices
+              help="Stage 1 matches every teacher stage from the split on (all, the paper), only the split "
+                   "feature (head: ~3x cheaper), or none (the KD loss alone; needs --kd-weight).")
 @click.option("--kd-weight", type=float, default=0.0, show_default=True,
               help="Add this weight x the KD loss on the logits to stage 1 (not in the paper: spends the bits on "
                    "what the classifier needs; ~1e4 for CIFAR-10).")

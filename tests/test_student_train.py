@@ -117,6 +117,23 @@ def test_stage1_kd_weight_trains_through_the_logits(digits, teacher, tmp_path, d
         run("bad.safetensors", -1.0)
 
 
+def test_stage1_without_feature_targets_trains_on_kd_alone(digits, teacher, tmp_path):
+    run = lambda name, distill, kd: T.train_student(  # noqa: E731
+        digits, teacher, str(tmp_path / name), beta=0.5, stage1=T.Schedule(1, 64, 3e-3),
+        stage2=T.Schedule(0, 64, 1e-2), student_options=TINY, device="cpu", distill=distill, kd_weight=kd,
+        hard_latent=True)
+    none = run("none.safetensors", "none", 50.0)
+    run("all.safetensors", "all", 50.0)
+    assert none["distill"] == "none" and none["stage1_head_error"] > 0       # the split feature is still reported
+    a, b = (model_file.load(tmp_path / n).tensors for n in ("none.safetensors", "all.safetensors"))
+    # same seed and data order: dropping the feature targets changed what the encoder learned
+    assert not torch.equal(a["encoder.0.weight"], b["encoder.0.weight"])
+    with pytest.raises(UserError, match="kd-weight"):
+        run("bad.safetensors", "none", 0.0)
+    with pytest.raises(UserError, match="all, head, none"):
+        run("bad.safetensors", "logits", 50.0)
+
+
 def test_stage1_trains_the_tail_only_with_tune_tail(digits, teacher, tmp_path):
     tail = {k: v for k, v in model_file.state_tensors(teacher).items() if k.startswith(("layer2.", "linear."))}
     for tune in (False, True):

@@ -66,6 +66,7 @@ class Schedule:
 
 
 MIXES = ("none", "mixup", "cutmix")
+DISTILLS = ("all", "head", "none")     # stage-1 feature targets: every stage, the split feature, or none (KD only)
 
 
 @dataclass(frozen=True)
@@ -241,8 +242,11 @@ def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, A
 def distillation_loss(student_out: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor],
                       names: list[str]) -> torch.Tensor:
     """Sum of squared feature errors per image, summed over the distilled stages (the paper's MSE 'sum')."""
-    n = next(iter(student_out.values())).shape[0]
-    return sum(F.mse_loss(student_out[k], teacher_out[k], reduction="sum") for k in names) / n
+    first = next(iter(student_out.values()))
+    loss = first.new_zeros(())
+    for k in names:
+        loss = loss + F.mse_loss(student_out[k], teacher_out[k], reduction="sum")
+    return loss / first.shape[0]
 
 
 def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
@@ -327,7 +331,8 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     """Both stages; writes the student model file (weights + CDF tables + config) and returns a summary.
 
     distill="all" matches the split feature and every later stage's output (the paper); "head" matches only the
-    split feature, which skips the tail in stage 1 and runs the teacher only up to the split (~3x cheaper on CPU).
+    split feature, which skips the tail in stage 1 and runs the teacher only up to the split (~3x cheaper on CPU);
+    "none" matches no feature: the KD loss on the logits (kd_weight > 0) alone, so every bit goes to the classifier.
     kd_weight > 0 adds kd_weight * KD(logits) to stage 1's loss; hard_latent decodes the rounded latent in stage 1;
     tune_tail trains the tail in stage 1 too (at TAIL_LR_SCALE, BatchNorm statistics kept), not only in stage 2.
     init: a student file whose encoder, prior and decoder stage 1 starts from (its architecture is used;
@@ -336,8 +341,10 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     loss2: stage 2's objective (Stage2Loss).
     """
     loss2.check()
-    if distill not in ("all", "head"):
-        raise UserError(f"--distill {distill!r}: expected all or head")
+    if distill not in DISTILLS:
+        raise UserError(f"--distill {distill!r}: expected one of {', '.join(DISTILLS)}")
+    if distill == "none" and kd_weight <= 0:
+        raise UserError("--distill none trains on the KD loss alone: give --kd-weight > 0")
     for name, v in (("beta", beta), ("kd weight", kd_weight)):
         if v < 0 or not math.isfinite(v):
             raise UserError(f"--{name.replace(' ', '-')} must be a non-negative number, got {v}")
@@ -431,7 +438,7 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         student.to(dev)
     head_only = distill == "head"
     with_tail = not head_only or kd_weight > 0          # KD needs the logits
-    distilled = [cfg["split"]] if head_only else [cfg["split"], *student.tail_names]
+    distilled = {"head": [cfg["split"]], "all": [cfg["split"], *student.tail_names], "none": []}[distill]
     record: dict[str, Any] = dict(state.meta.get("record", {})) if state else {}
     t_start = time.time()
 
