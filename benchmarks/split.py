@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr2", type=float, default=None, help="stage-2 SGD learning rate for the first half (1e-2)")
     p.add_argument("--mix2", default="none", choices=list(T.MIXES), help="stage 2 mixes pairs of images")
     p.add_argument("--kd-alpha2", type=float, default=0.5, help="stage-2 KL weight (1 - it on the labels' CE)")
+    p.add_argument("--kd-temperature2", type=float, default=1.0, help="stage-2 KD temperature")
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
     p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
@@ -269,11 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"benchmarks.split: --betas {args.betas!r}: expected numbers separated by commas", file=sys.stderr)
         return 2
-    loss2 = T.Stage2Loss(kd_alpha=args.kd_alpha2, mix=args.mix2)
+    loss2 = T.Stage2Loss(kd_alpha=args.kd_alpha2, mix=args.mix2, kd_temperature=args.kd_temperature2)
     try:
         loss2.check()                      # the one check train_student and the CLI use
     except UserError as e:
-        print(f"benchmarks.split: {str(e).replace('--kd-alpha', '--kd-alpha2')}", file=sys.stderr)
+        message = str(e).replace("--kd-alpha", "--kd-alpha2").replace("--kd-temperature", "--kd-temperature2")
+        print(f"benchmarks.split: {message}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

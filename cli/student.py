@@ -114,11 +114,13 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
                    "image).")
 @click.option("--kd-alpha", type=float, default=0.5, show_default=True,
               help="Stage-2 weight of the KL to the teacher; the rest is cross-entropy on the labels (1: none).")
+@click.option("--kd-temperature", type=float, default=1.0, show_default=True,
+              help="Stage-2 KD temperature: both logits are divided by it (the KL is scaled back by its square).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
                   encoder_channels, encoder_blocks, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
                   tune_tail, init,
-                  start, mix, kd_alpha, limit, batch_size, max_time, device, seed, resume, as_json):
+                  start, mix, kd_alpha, kd_temperature, limit, batch_size, max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
@@ -134,10 +136,10 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
     _positive("encoder-blocks", encoder_blocks, allow_zero=True)
-    loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix)
+    loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix, kd_temperature=kd_temperature)
     loss2.check()
     if epochs2 == 0 and loss2 != Stage2Loss():
-        raise UserError("--mix and --kd-alpha shape stage 2, which --epochs2 0 skips")
+        raise UserError("--mix, --kd-alpha and --kd-temperature shape stage 2, which --epochs2 0 skips")
     _check_output(output)
     teacher = load_teacher_for_training(teacher_path)
     ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))

@@ -95,5 +95,5 @@ def test_stage2_loss_names_keep_the_default_cache_names():
     from codec.features.train import Stage2Loss
     assert Stage2Loss().tag() == ""
     tags = {Stage2Loss(1.0, "mixup").tag(), Stage2Loss(1.0, "cutmix").tag(), Stage2Loss(0.5, "mixup").tag(),
-            Stage2Loss(1.0, "none").tag()}
-    assert len(tags) == 4 and all(t.startswith("_") for t in tags)
+            Stage2Loss(1.0, "none").tag(), Stage2Loss(0.5, "none", 4.0).tag(), Stage2Loss(1.0, "none", 4.0).tag()}
+    assert len(tags) == 6 and all(t.startswith("_") for t in tags)

@@ -203,15 +203,19 @@ def test_cli_encoder_blocks(capsys, models, tmp_path):
 
 
 def test_cli_stage2_mix_and_kd_alpha(capsys, models, tmp_path):
-    """`--from S --mix cutmix --kd-alpha 1` runs stage 2 on mixed images against the teacher alone; impossible
+    """`--from S --mix cutmix --kd-alpha 1 --kd-temperature 4` runs stage 2 on mixed images against the teacher
+    alone, at temperature 4; impossible
     values and a stage 2 that does not run are one-line errors."""
     out = tmp_path / "mixed.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
             "--device", "cpu", "--epochs2", "1", "-o", out]
     code, stdout, err = run(capsys, *base, "--from", models / "student.safetensors", "--mix", "cutmix",
-                            "--kd-alpha", "1", "--json")
+                            "--kd-alpha", "1", "--kd-temperature", "4", "--json")
     assert code == 0, err
-    assert model_file.load(str(out)).meta["training"]["stage2_loss"] == {"kd_alpha": 1.0, "mix": "cutmix"}
+    assert model_file.load(str(out)).meta["training"]["stage2_loss"] == {"kd_alpha": 1.0, "mix": "cutmix",
+                                                                         "kd_temperature": 4.0}
+    code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--kd-temperature", "0")
+    assert_one_line_error(code, err, "--kd-temperature")
     code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--kd-alpha", "2")
     assert_one_line_error(code, err, "--kd-alpha")
     code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--mix", "blend")

@@ -349,16 +349,21 @@ def test_kd_loss_mixes_the_labels_and_alpha_1_is_the_teacher_alone():
     ce = torch.nn.functional.cross_entropy
     kl = T.kd_loss(logits, t_logits, a, alpha=1.0)
     assert torch.isclose(kl, T.kd_loss(logits, t_logits, b, alpha=1.0))          # no labels in it
+    hot = T.kd_loss(logits, t_logits, a, alpha=1.0, temperature=4.0)     # T^2 * KL of the softened outputs
+    p_t = torch.softmax(t_logits / 4, 1)
+    by_hand = 16 * (p_t * (p_t.log() - torch.log_softmax(logits / 4, 1))).sum(1).mean()
+    assert torch.isclose(hot, by_hand, rtol=1e-5) and not torch.isclose(hot, kl)
     mixed = T.kd_loss(logits, t_logits, a, alpha=0.5, mixed=(b, 0.3))
     assert torch.isclose(mixed, 0.5 * (0.3 * ce(logits, a) + 0.7 * ce(logits, b)) + 0.5 * kl)
 
 
-@pytest.mark.parametrize("loss2", [T.Stage2Loss(1.0, "cutmix"), T.Stage2Loss(0.5, "mixup")])
+@pytest.mark.parametrize("loss2", [T.Stage2Loss(1.0, "cutmix"), T.Stage2Loss(0.5, "mixup", 4.0)])
 def test_stage2_with_mixed_images_trains_the_tail_and_keeps_the_encoder(digits, teacher, tmp_path, loss2):
     _student(digits, teacher, tmp_path / "a.safetensors", epochs2=0)
     summary = T.finetune_student(digits, teacher, str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
                                  stage2=T.Schedule(1, 32, 1e-2), device="cpu", loss2=loss2)
-    assert summary["stage2_loss"] == {"kd_alpha": loss2.kd_alpha, "mix": loss2.mix}
+    assert summary["stage2_loss"] == {"kd_alpha": loss2.kd_alpha, "mix": loss2.mix,
+                                      "kd_temperature": loss2.kd_temperature}
     a, b = (model_file.load(tmp_path / f"{n}.safetensors").tensors for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "entropy_bottleneck.")))
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith(("tail.", "linear.")))
@@ -366,7 +371,8 @@ def test_stage2_with_mixed_images_trains_the_tail_and_keeps_the_encoder(digits, 
 
 
 @pytest.mark.parametrize("loss2, message", [(T.Stage2Loss(0.5, "blend"), "--mix 'blend'"),
-                                            (T.Stage2Loss(1.5, "none"), "--kd-alpha must be between 0 and 1")])
+                                            (T.Stage2Loss(1.5, "none"), "--kd-alpha must be between 0 and 1"),
+                                            (T.Stage2Loss(0.5, "none", -1.0), "--kd-temperature")])
 def test_impossible_stage2_losses_are_user_errors(digits, teacher, tmp_path, loss2, message):
     with pytest.raises(UserError, match=message):
         T.train_student(digits, teacher, str(tmp_path / "a.safetensors"), beta=0.5, stage1=T.Schedule(1, 32, 3e-3),

@@ -7,8 +7,8 @@ depart from the paper for low rates (docs/STUDENT.md): kd_weight adds the KD los
 what the classifier needs; hard_latent decodes the rounded latent (straight-through) instead of the noisy one;
 tune_tail trains the tail in stage 1 too.
 Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
-tail learn from the hard-quantised latent with the KD loss (1 - alpha) * CE + alpha * KL(teacher || student),
-alpha 0.5 by default; Stage2Loss can raise alpha to 1 (match the teacher alone) and mix pairs of images (mixup or
+tail learn from the hard-quantised latent with the KD loss (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
+at temperature T, alpha 0.5 and T 1 by default; Stage2Loss can raise alpha to 1 (match the teacher alone) and mix pairs of images (mixup or
 CutMix), so that the tail is taught the teacher's function between the few thousand training images as well.
 
 Checkpoints are written after each epoch beside the output (`OUT.ckpt`, safetensors) and picked up by resume=True.
@@ -71,19 +71,25 @@ DISTILLS = ("all", "head", "none")     # stage-1 feature targets: every stage, t
 
 @dataclass(frozen=True)
 class Stage2Loss:
-    """Stage 2's objective: the KL weight alpha (the rest is CE on the labels) and how the images are mixed."""
+    """Stage 2's objective: the KL weight alpha (the rest is CE on the labels), the KD temperature and how the
+    images are mixed."""
     kd_alpha: float = 0.5
     mix: str = "none"          # "mixup" (a blend) or "cutmix" (a pasted box) of each image with another one
+    kd_temperature: float = 1.0
 
     def check(self) -> None:
         if self.mix not in MIXES:
             raise UserError(f"--mix {self.mix!r}: expected one of {', '.join(MIXES)}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise UserError(f"--kd-alpha must be between 0 and 1, got {self.kd_alpha}")
+        if not 0.0 < self.kd_temperature <= 100.0:
+            raise UserError(f"--kd-temperature must be in (0, 100], got {self.kd_temperature}")
 
     def tag(self) -> str:
         """A short file-name part; empty for the default loss (so earlier cache names stay valid)."""
-        return "" if self == Stage2Loss() else f"_{self.mix}_a{self.kd_alpha:g}"
+        if self == Stage2Loss():
+            return ""
+        return f"_{self.mix}_a{self.kd_alpha:g}" + (f"_t{self.kd_temperature:g}" if self.kd_temperature != 1 else "")
 
 
 @dataclass
@@ -590,7 +596,7 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
                 t_logits = teacher(x)
                 symbols = student.to_symbols(student.encode(x))     # hard rounding, detached (paper's stage 2)
             logits = student.classify_symbols(symbols)
-            loss = kd_loss(logits, t_logits, y, alpha=loss2.kd_alpha, mixed=mixed)
+            loss = kd_loss(logits, t_logits, y, alpha=loss2.kd_alpha, temperature=loss2.kd_temperature, mixed=mixed)
             _step(opt, loss, "student stage 2", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
