@@ -213,6 +213,11 @@ def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int
     return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
 
 
+def stage2_tag(epochs: int, lr: float, loss2: T.Stage2Loss, seed: int) -> str:
+    """The stage-2 part of a student file's name; the defaults keep the names of earlier runs' files."""
+    return f"s2e{epochs}_lr{lr:g}{loss2.tag()}" + (f"_seed{seed}" if seed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--betas", default=None, help="comma-separated rate weights (default 1,2 without --stage1-from)")
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix2", default="none", choices=list(T.MIXES), help="stage 2 mixes pairs of images")
     p.add_argument("--kd-alpha2", type=float, default=0.5, help="stage-2 KL weight (1 - it on the labels' CE)")
     p.add_argument("--kd-temperature2", type=float, default=1.0, help="stage-2 KD temperature")
+    p.add_argument("--seed2", type=int, default=0, help="stage-2 seed (data order, augmentation): run-to-run noise")
     p.add_argument("--train-images", type=int, default=None, help="class-balanced subset of the 10,000")
     p.add_argument("--test-images", type=int, default=None, help="class-balanced subset of the 8,000 (default all)")
     p.add_argument("--split", default="layer1")
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                       k: v for k, v in target.items() if k.endswith("_bytes_at_target")}},
                   "baselines": base_rows, "students": student_rows, "cost": costs,
                   "schedule": {"stage1_epochs": args.epochs, "stage1_lr": s1.lr, "stage2_epochs": args.epochs2,
-                               "stage2_lr": s2.lr, "stage2_loss": asdict(loss2),
+                               "stage2_lr": s2.lr, "stage2_loss": asdict(loss2), "stage2_seed": args.seed2,
                                "distill": args.distill, "kd_weight": args.kd,
                                "hard_latent": args.hard_latent, "tune_tail": args.tune_tail,
                                "stage1_init": args.stage1_init,
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (stage-1 student file, final student file): stage 1 is cached on its own, so --epochs2 changes redo stage 2 only
     jobs = []
-    stage2_tag = f"s2e{args.epochs2}_lr{s2.lr:g}{loss2.tag()}"
+    s2_tag = stage2_tag(args.epochs2, s2.lr, loss2, args.seed2)
     for beta in betas:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
@@ -353,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
                             init=str(init) if init else None,
                             resume=True)
             teacher.to(dev)
-        jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_{stage2_tag}.safetensors"))
-    jobs += [(f, out / f"student_from-{f.stem}_{stage2_tag}.safetensors") for f in starts]
+        jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_{s2_tag}.safetensors"))
+    jobs += [(f, out / f"student_from-{f.stem}_{s2_tag}.safetensors") for f in starts]
 
     for first, path in jobs:
         if not path.exists():
             T.finetune_student(training_data(), teacher.cpu(), str(first), str(path), stage2=s2, device=args.device,
-                               teacher_source=str(TEACHER), resume=True, loss2=loss2)
+                               teacher_source=str(TEACHER), resume=True, loss2=loss2, seed=args.seed2)
             teacher.to(dev)
         student, model_id = model_file.load_student(str(path))
         student.to(dev)

@@ -97,3 +97,10 @@ def test_stage2_loss_names_keep_the_default_cache_names():
     tags = {Stage2Loss(1.0, "mixup").tag(), Stage2Loss(1.0, "cutmix").tag(), Stage2Loss(0.5, "mixup").tag(),
             Stage2Loss(1.0, "none").tag(), Stage2Loss(0.5, "none", 4.0).tag(), Stage2Loss(1.0, "none", 4.0).tag()}
     assert len(tags) == 6 and all(t.startswith("_") for t in tags)
+
+
+def test_stage2_names_differ_by_seed_and_keep_the_default():
+    from benchmarks.split import stage2_tag
+    from codec.features.train import Stage2Loss
+    assert stage2_tag(16, 0.01, Stage2Loss(), 0) == "s2e16_lr0.01"
+    assert len({stage2_tag(16, 0.01, Stage2Loss(), s) for s in (0, 1, 2)}) == 3
