@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).replace("--kd-alpha", "--kd-alpha2").replace("--kd-temperature", "--kd-temperature2")
         print(f"benchmarks.split: {message}", file=sys.stderr)
         return 2
+    if args.distill == "none" and args.kd <= 0:       # before the baselines' minutes, not after them
+        print("benchmarks.split: --distill none trains on the KD loss alone: give --kd > 0", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(args.device)
