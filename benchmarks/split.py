@@ -277,14 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.split: --betas {args.betas!r}: expected numbers separated by commas", file=sys.stderr)
         return 2
     loss2 = T.Stage2Loss(kd_alpha=args.kd_alpha2, mix=args.mix2, kd_temperature=args.kd_temperature2)
-    try:
-        loss2.check()                      # the one check train_student and the CLI use
+    try:                                   # the checks train_student and the CLI use, before the baselines run
+        loss2.check()
+        T.check_stage1_loss(args.distill, args.kd)
     except UserError as e:
-        message = str(e).replace("--kd-alpha", "--kd-alpha2").replace("--kd-temperature", "--kd-temperature2")
+        message = str(e)
+        for cli_flag, flag in (("--kd-alpha", "--kd-alpha2"), ("--kd-temperature", "--kd-temperature2"),
+                               ("--kd-weight", "--kd")):
+            message = message.replace(cli_flag, flag)
         print(f"benchmarks.split: {message}", file=sys.stderr)
-        return 2
-    if args.distill == "none" and args.kd <= 0:       # before the baselines' minutes, not after them
-        print("benchmarks.split: --distill none trains on the KD loss alone: give --kd > 0", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,14 @@ class Stage2Loss:
         return f"_{self.mix}_a{self.kd_alpha:g}" + (f"_t{self.kd_temperature:g}" if self.kd_temperature != 1 else "")
 
 
+def check_stage1_loss(distill: str, kd_weight: float) -> None:
+    """The stage-1 targets must be known, and a stage 1 without feature targets needs the KD term."""
+    if distill not in DISTILLS:
+        raise UserError(f"--distill {distill!r}: expected one of {', '.join(DISTILLS)}")
+    if distill == "none" and kd_weight <= 0:
+        raise UserError("--distill none trains on the KD loss alone: give --kd-weight > 0")
+
+
 @dataclass
 class Checkpoint:
     """What a resumed run needs: which stage and epoch finished last, the model and the optimizer."""
@@ -347,10 +355,7 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     loss2: stage 2's objective (Stage2Loss).
     """
     loss2.check()
-    if distill not in DISTILLS:
-        raise UserError(f"--distill {distill!r}: expected one of {', '.join(DISTILLS)}")
-    if distill == "none" and kd_weight <= 0:
-        raise UserError("--distill none trains on the KD loss alone: give --kd-weight > 0")
+    check_stage1_loss(distill, kd_weight)
     for name, v in (("beta", beta), ("kd weight", kd_weight)):
         if v < 0 or not math.isfinite(v):
             raise UserError(f"--{name.replace(' ', '-')} must be a non-negative number, got {v}")
