@@ -36,7 +36,7 @@ from codec.features.codec import LatentCoder, classify_symbols, encode_images
 from codec.features.data import balanced_prefix, load_dataset, to_float
 from codec.features.split import _LEN
 from codec.features.student import Student, make_config as make_student_config
-from codec.features.teacher import STAGES, count_macs
+from codec.features.teacher import STAGES, count_macs, make_config as make_teacher_config
 from codec.progress import print_table, progress, write_json
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -203,12 +203,13 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
                stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
-               decoder: int = 32) -> str:
+               decoder: int = 32, kernel: int = 5) -> str:
     """The cached stage-1 file's name: everything that changes what stage 1 trains (defaults left out)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
     shape = (f"c{channels}" + (f"s{stride}" if stride != 4 else "") + (f"w{width}" if width != 32 else "")
-             + (f"r{blocks}" if blocks else "") + (f"d{decoder}" if decoder != 32 else ""))
+             + (f"r{blocks}" if blocks else "") + (f"k{kernel}" if kernel != 5 else "")
+             + (f"d{decoder}" if decoder != 32 else ""))
     rate = f"_lr{lr:g}" if lr else ""
     return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
 
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-channels", type=int, default=None, help="device-side encoder width (default 32)")
     p.add_argument("--encoder-blocks", type=int, default=None,
                    help="residual blocks in the encoder at the latent's resolution (default 0)")
+    p.add_argument("--encoder-kernel", type=int, default=None,
+                   help="kernel of the encoder's down-sampling convolutions: 3, 5 or 7 (default 5)")
     p.add_argument("--decoder-channels", type=int, default=None, help="server-side decoder width (default 32)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     architecture = {"latent_channels": args.latent_channels, "encoder_stride": args.encoder_stride,
                     "encoder_channels": args.encoder_channels, "encoder_blocks": args.encoder_blocks,
-                    "decoder_channels": args.decoder_channels}
+                    "encoder_kernel": args.encoder_kernel, "decoder_channels": args.decoder_channels}
     given = ["--" + k.replace("_", "-") for k, v in (("split", args.split != "layer1"), *architecture.items())
              if v is not None and v is not False]
     if init and given:
@@ -280,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     try:                                   # the checks train_student and the CLI use, before the baselines run
         loss2.check()
         T.check_stage1_loss(args.distill, args.kd)
+        if not init:                       # the student's architecture, on the teacher's (ResNet-56) config
+            make_student_config(make_teacher_config("resnet56", 10), split=args.split,
+                                **{**T.default_student_options(32),
+                                   **{k: v for k, v in architecture.items() if v is not None}})
     except UserError as e:
         message = str(e)
         for cli_flag, flag in (("--kd-alpha", "--kd-alpha2"), ("--kd-temperature", "--kd-temperature2"),
@@ -353,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         tag = stage1_tag(options["split"], options["latent_channels"], args.distill, beta, args.epochs,
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
                          options["encoder_stride"], args.lr, options["encoder_channels"],
-                         options.get("encoder_blocks", 0), options["decoder_channels"])
+                         options.get("encoder_blocks", 0), options["decoder_channels"],
+                         options.get("encoder_kernel", 5))
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,

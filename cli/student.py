@@ -93,6 +93,8 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 @click.option("--encoder-channels", type=int, default=None, help="Width of the device-side encoder.")
 @click.option("--encoder-blocks", type=int, default=None,
               help="Residual blocks in the encoder at the latent's resolution [0].")
+@click.option("--encoder-kernel", type=int, default=None,
+              help="Kernel of the encoder's down-sampling convolutions: 3, 5 or 7 [5].")
 @click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
 @click.option("--encoder-stride", type=int, default=None, help="Latent size = image size / stride (1-16).")
 @click.option("--distill", default="all", show_default=True,    # checked by train_student, with its choices
@@ -118,7 +120,7 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Stage-2 KD temperature: both logits are divided by it (the KL is scaled back by its square).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, encoder_blocks, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
+                  encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
                   tune_tail, init,
                   start, mix, kd_alpha, kd_temperature, limit, batch_size, max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
@@ -136,6 +138,8 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
     _positive("encoder-blocks", encoder_blocks, allow_zero=True)
+    if encoder_kernel not in (None, 3, 5, 7):
+        raise UserError(f"--encoder-kernel {encoder_kernel}: expected 3, 5 or 7")
     loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix, kd_temperature=kd_temperature)
     loss2.check()
     if epochs2 == 0 and loss2 != Stage2Loss():
@@ -150,7 +154,8 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     s2 = replace(s2, epochs=epochs2 if epochs2 is not None else s2.epochs, lr=lr2 or s2.lr,
                  batch_size=batch_size or s2.batch_size, max_time=max_time)
     architecture = {"split": split, "latent_channels": latent_channels, "encoder_channels": encoder_channels,
-                    "encoder_blocks": encoder_blocks, "decoder_channels": decoder_channels,
+                    "encoder_blocks": encoder_blocks, "encoder_kernel": encoder_kernel,
+                    "decoder_channels": decoder_channels,
                     "encoder_stride": encoder_stride}
     if start is not None:
         stage1_only = [f"--{n.replace('_', '-')}" for n, v in (("epochs", epochs), ("lr", lr), *architecture.items(),

@@ -65,7 +65,8 @@ def test_stage1_cache_names_differ_by_everything_that_changes_stage1():
     base = ("layer1", 16, "all", 4.0, 12, None)
     assert B.stage1_tag(*base) == "stage1_layer1_c16_all_b4_e12_n10000"      # the names cached so far stay valid
     variants = [dict(kd=1e4), dict(hard=True), dict(tail=True), dict(stride=8), dict(lr=5e-4),
-                dict(init=B.Path("out/s.safetensors")), dict(width=48), dict(blocks=2), dict(decoder=64)]
+                dict(init=B.Path("out/s.safetensors")), dict(width=48), dict(blocks=2), dict(decoder=64),
+                dict(kernel=3)]
     names = {B.stage1_tag(*base, **v) for v in variants} | {B.stage1_tag(*base)}
     assert len(names) == len(variants) + 1
 
@@ -104,3 +105,18 @@ def test_stage2_names_differ_by_seed_and_keep_the_default():
     from codec.features.train import Stage2Loss
     assert stage2_tag(16, 0.01, Stage2Loss(), 0) == "s2e16_lr0.01"
     assert len({stage2_tag(16, 0.01, Stage2Loss(), s) for s in (0, 1, 2)}) == 3
+
+
+@pytest.mark.parametrize("flags, message", [(["--encoder-kernel", "4"], "encoder_kernel = 4"),
+                                            (["--encoder-blocks", "9"], "encoder_blocks = 9"),
+                                            (["--distill", "none"], "--kd"),
+                                            (["--kd-temperature2", "0"], "--kd-temperature2")])
+def test_impossible_options_fail_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, flags, message):
+    """Checked before the teacher loads and the baselines run (they take minutes on CIFAR-10)."""
+    for name in ("TRAIN", "TEST", "TEACHER"):           # present but unreadable: reading any of them would fail
+        (tmp_path / name).write_text("not data")
+        monkeypatch.setattr(B, name, tmp_path / name)
+    assert B.main([*flags, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("benchmarks.split: ") and message in err
+    assert not (tmp_path / "out").exists()

@@ -183,21 +183,25 @@ def test_cli_init_continues_stage1_from_a_student_file(capsys, models, tmp_path)
     assert_one_line_error(code, err, "kd-weight")
 
 
-def test_cli_encoder_blocks(capsys, models, tmp_path):
-    """`--encoder-blocks N` puts N residual blocks into the device encoder; the file records it and codes alike."""
+def test_cli_encoder_blocks_and_kernel(capsys, models, tmp_path):
+    """`--encoder-blocks N` puts N residual blocks into the device encoder, `--encoder-kernel K` sets its
+    down-sampling kernel; the file records both and codes alike."""
     out = tmp_path / "deep.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
             "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out]
-    code, _, err = run(capsys, *base, "--encoder-blocks", "1", "--json")
+    code, _, err = run(capsys, *base, "--encoder-blocks", "1", "--encoder-kernel", "3", "--json")
     assert code == 0, err
     student, _ = model_file.load_student(str(out))
-    assert student.config["encoder_blocks"] == 1
+    assert student.config["encoder_blocks"] == 1 and student.config["encoder_kernel"] == 3
     assert sum(type(m).__name__ == "ResidualBlock" for m in student.encoder) == 1
+    assert student.encoder[0].kernel_size == (3, 3)
     symbols = torch.randint(-3, 4, (2, *student.latent_shape), dtype=torch.int32).numpy()
     coder = LatentCoder(student)
     assert all(np.array_equal(coder.decode(coder.encode(s)), s) for s in symbols)
     code, _, err = run(capsys, *base, "--encoder-blocks", "-1")
     assert_one_line_error(code, err, "--encoder-blocks")
+    code, _, err = run(capsys, *base, "--encoder-kernel", "4")
+    assert_one_line_error(code, err, "--encoder-kernel")
     code, _, err = run(capsys, *base, "--init", models / "student.safetensors", "--encoder-blocks", "2")
     assert_one_line_error(code, err, "--encoder-blocks")
 

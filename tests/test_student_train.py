@@ -273,9 +273,12 @@ def test_device_encoder_is_under_5_percent_of_resnet56_macs():
 
 
 @pytest.mark.parametrize("options, fraction", [(dict(encoder_channels=48), 0.0461),
-                                               (dict(encoder_blocks=2), 0.0417)])
+                                               (dict(encoder_blocks=2), 0.0417),
+                                               (dict(encoder_blocks=3, encoder_kernel=3), 0.0396),
+                                               (dict(encoder_blocks=4, encoder_kernel=3), 0.0490)])
 def test_bigger_encoders_stay_under_5_percent_of_resnet56(options, fraction):
-    """The two bigger device encoders the benchmark tries: wider (48), or two residual blocks at 8x8."""
+    """The bigger device encoders the benchmark tries: wider (48), or residual blocks at 8x8 (with 3x3 instead of
+    5x5 down-sampling for three or four)."""
     teacher = CifarResNet(make_config("resnet56", 10))
     student = Student(student_config(teacher.config, **{**T.default_student_options(32), **options}))
     x = torch.zeros(1, 3, 32, 32)
@@ -283,16 +286,25 @@ def test_bigger_encoders_stay_under_5_percent_of_resnet56(options, fraction):
     blocks = [m for m in student.encoder if type(m).__name__ == "ResidualBlock"]
     assert len(blocks) == options.get("encoder_blocks", 0)
     assert student.encode(torch.rand(2, 3, 32, 32)).shape == (2, 16, 8, 8)
+    kernel = options.get("encoder_kernel", 5)
+    assert [m.kernel_size for m in student.encoder if type(m).__name__ == "Conv2d"] == \
+        [(kernel, kernel)] * 2 + [(3, 3)]
 
 
 def test_a_config_without_encoder_blocks_builds_the_encoder_it_was_written_with():
-    """Files written before the option existed carry no encoder_blocks: they load as the plain encoder."""
+    """Files written before the options existed carry no encoder_blocks or encoder_kernel: they load as the plain
+    encoder with 5x5 down-sampling."""
     teacher = CifarResNet(make_config("resnet56", 10))
     cfg = student_config(teacher.config, **T.default_student_options(32))
-    del cfg["encoder_blocks"]
-    assert [type(m).__name__ for m in Student(cfg).encoder] == ["Conv2d", "GDN", "Conv2d", "GDN", "Conv2d"]
+    del cfg["encoder_blocks"], cfg["encoder_kernel"]
+    encoder = Student(cfg).encoder
+    assert [type(m).__name__ for m in encoder] == ["Conv2d", "GDN", "Conv2d", "GDN", "Conv2d"]
+    assert encoder[0].kernel_size == (5, 5)
     with pytest.raises(UserError, match="encoder_blocks"):
         Student(student_config(teacher.config, encoder_blocks=-1))
+    for kernel in (1, 4, 9):
+        with pytest.raises(UserError, match="encoder_kernel"):
+            Student(student_config(teacher.config, encoder_kernel=kernel))
 
 
 def test_image_folder_and_tar_archive_load_alike(tmp_path):

@@ -1,7 +1,7 @@
 """The Entropic Student (Matsubara et al., WACV 2022): the teacher's first stages replaced by
 encoder -> quantised latent with a learned factorised prior (CompressAI's EntropyBottleneck) -> decoder.
 
-The encoder is the device half: a few strided 5x5 convolutions with GDN, far cheaper than the teacher stages it
+The encoder is the device half: a few strided convolutions (5x5 by default) with GDN, far cheaper than the teacher stages it
 replaces. The decoder reproduces the teacher's feature at the split point; the tail (the teacher's later stages,
 pool and linear) classifies from there, on the server.
 """
@@ -20,7 +20,7 @@ from codec.errors import UserError
 from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
 DEFAULTS = {"split": "layer1", "latent_channels": 16, "encoder_channels": 32, "encoder_stride": 4,
-            "decoder_channels": 64, "encoder_blocks": 0}
+            "decoder_channels": 64, "encoder_blocks": 0, "encoder_kernel": 5}
 PRIOR_INIT_SCALE = 1.0
 
 
@@ -51,15 +51,17 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise UserError(f"{k} = {cfg[k]}: expected 1..1024")
     if not 0 <= int(cfg.get("encoder_blocks", 0)) <= 8:
         raise UserError(f"encoder_blocks = {cfg['encoder_blocks']}: expected 0..8")
+    if int(cfg.get("encoder_kernel", 5)) not in (3, 5, 7):
+        raise UserError(f"encoder_kernel = {cfg['encoder_kernel']}: expected 3, 5 or 7")
 
 
-def make_encoder(c_in: int, width: int, latent: int, stride: int, blocks: int = 0) -> nn.Sequential:
-    """Strided 5x5 convolutions with GDN down to 1/stride, `blocks` residual blocks (two 3x3 convolutions each) at
-    the latent's resolution, then a 3x3 convolution to the latent channels."""
+def make_encoder(c_in: int, width: int, latent: int, stride: int, blocks: int = 0, kernel: int = 5) -> nn.Sequential:
+    """Strided kernel x kernel convolutions with GDN down to 1/stride, `blocks` residual blocks (two 3x3
+    convolutions each) at the latent's resolution, then a 3x3 convolution to the latent channels."""
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(max(1, int(math.log2(stride)))):
-        layers += [nn.Conv2d(c, width, 5, 2 if stride > 1 else 1, 2), GDN(width)]
+        layers += [nn.Conv2d(c, width, kernel, 2 if stride > 1 else 1, kernel // 2), GDN(width)]
         c = width
     # depth where it is cheapest: at 1/stride of the image a block costs a quarter of one at the resolution above
     layers += [ResidualBlock(width, width) for _ in range(blocks)]
@@ -90,9 +92,9 @@ class Student(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(tcfg["std"], dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
-        # files written before encoder_blocks existed have none
+        # files written before encoder_blocks and encoder_kernel existed have neither
         self.encoder = make_encoder(int(tcfg["in_channels"]), int(config["encoder_channels"]), n, stride,
-                                    int(config.get("encoder_blocks", 0)))
+                                    int(config.get("encoder_blocks", 0)), int(config.get("encoder_kernel", 5)))
         # a narrow initial prior (CompressAI's default is 10) lets a short run reach low rates: the prior need
         # not first shrink from a width of tens of quantisation steps
         self.entropy_bottleneck = EntropyBottleneck(n, init_scale=PRIOR_INIT_SCALE)
