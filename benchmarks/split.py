@@ -204,7 +204,8 @@ def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
                stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
                decoder: int = 32, kernel: int = 5) -> str:
-    """The cached stage-1 file's name: everything that changes what stage 1 trains (defaults left out)."""
+    """The cached stage-1 file's name: everything that changes what stage 1 trains (the first runs' shape left out:
+    decoder 32, so their cached files keep their names)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
     shape = (f"c{channels}" + (f"s{stride}" if stride != 4 else "") + (f"w{width}" if width != 32 else "")
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="residual blocks in the encoder at the latent's resolution (default 0)")
     p.add_argument("--encoder-kernel", type=int, default=None,
                    help="kernel of the encoder's down-sampling convolutions: 3, 5 or 7 (default 5)")
-    p.add_argument("--decoder-channels", type=int, default=None, help="server-side decoder width (default 32)")
+    p.add_argument("--decoder-channels", type=int, default=None, help="server-side decoder width (default 64)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
