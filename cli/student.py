@@ -120,13 +120,14 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Stage-2 KD temperature: both logits are divided by it (the KL is scaled back by its square).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, encoder_stride, distill, kd_weight, hard_latent,
-                  tune_tail, init,
-                  start, mix, kd_alpha, kd_temperature, limit, batch_size, max_time, device, seed, resume, as_json):
+                  encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, encoder_stride, distill,
+                  kd_weight, hard_latent, tune_tail, init, start, mix, kd_alpha, kd_temperature, limit, batch_size,
+                  max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
     from codec.features.data import load_dataset
+    from codec.features.student import ENCODER_KERNELS
     from codec.features.train import (Stage2Loss, default_schedules, default_student_options, finetune_student,
                                       load_teacher_for_training, train_student as run)
 
@@ -138,8 +139,8 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
     _positive("encoder-blocks", encoder_blocks, allow_zero=True)
-    if encoder_kernel not in (None, 3, 5, 7):
-        raise UserError(f"--encoder-kernel {encoder_kernel}: expected 3, 5 or 7")
+    if encoder_kernel is not None and encoder_kernel not in ENCODER_KERNELS:   # the option's name, not the config's
+        raise UserError(f"--encoder-kernel {encoder_kernel}: expected one of {ENCODER_KERNELS}")
     loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix, kd_temperature=kd_temperature)
     loss2.check()
     if epochs2 == 0 and loss2 != Stage2Loss():

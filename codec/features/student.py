@@ -1,9 +1,9 @@
 """The Entropic Student (Matsubara et al., WACV 2022): the teacher's first stages replaced by
 encoder -> quantised latent with a learned factorised prior (CompressAI's EntropyBottleneck) -> decoder.
 
-The encoder is the device half: a few strided convolutions (5x5 by default) with GDN, far cheaper than the teacher stages it
-replaces. The decoder reproduces the teacher's feature at the split point; the tail (the teacher's later stages,
-pool and linear) classifies from there, on the server.
+The encoder is the device half: a few strided convolutions (5x5 by default) with GDN, far cheaper than the teacher
+stages it replaces. The decoder reproduces the teacher's feature at the split point; the tail (the teacher's later
+stages, pool and linear) classifies from there, on the server.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
 DEFAULTS = {"split": "layer1", "latent_channels": 16, "encoder_channels": 32, "encoder_stride": 4,
             "decoder_channels": 64, "encoder_blocks": 0, "encoder_kernel": 5}
+ENCODER_KERNELS = (3, 5, 7)
 PRIOR_INIT_SCALE = 1.0
 
 
@@ -51,8 +52,8 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise UserError(f"{k} = {cfg[k]}: expected 1..1024")
     if not 0 <= int(cfg.get("encoder_blocks", 0)) <= 8:
         raise UserError(f"encoder_blocks = {cfg['encoder_blocks']}: expected 0..8")
-    if int(cfg.get("encoder_kernel", 5)) not in (3, 5, 7):
-        raise UserError(f"encoder_kernel = {cfg['encoder_kernel']}: expected 3, 5 or 7")
+    if int(cfg.get("encoder_kernel", 5)) not in ENCODER_KERNELS:
+        raise UserError(f"encoder_kernel = {cfg['encoder_kernel']}: expected one of {ENCODER_KERNELS}")
 
 
 def make_encoder(c_in: int, width: int, latent: int, stride: int, blocks: int = 0, kernel: int = 5) -> nn.Sequential:

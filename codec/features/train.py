@@ -9,7 +9,8 @@ tune_tail trains the tail in stage 1 too.
 Stage 2 (fine-tuning): the CDF tables are frozen with update(); the encoder and prior are frozen; the decoder and the
 tail learn from the hard-quantised latent with the KD loss (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
 at temperature T, alpha 0.5 and T 1 by default; Stage2Loss can raise alpha to 1 (match the teacher alone) and mix
-pairs of images (mixup or CutMix), so that the tail is taught the teacher's function between the few thousand training images as well.
+pairs of images (mixup or CutMix), so that the tail is taught the teacher's function between the few thousand
+training images as well.
 
 Checkpoints are written after each epoch beside the output (`OUT.ckpt`, safetensors) and picked up by resume=True.
 """
