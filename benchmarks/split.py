@@ -203,14 +203,14 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
                stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
-               decoder: int = 32, kernel: int = 5) -> str:
+               decoder: int = 32, kernel: int = 5, decoder_blocks: int = 0) -> str:
     """The cached stage-1 file's name: everything that changes what stage 1 trains (the first runs' shape left out:
     decoder 32, so their cached files keep their names)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
     start = f"_init-{init.stem}" if init else ""
     shape = (f"c{channels}" + (f"s{stride}" if stride != 4 else "") + (f"w{width}" if width != 32 else "")
              + (f"r{blocks}" if blocks else "") + (f"k{kernel}" if kernel != 5 else "")
-             + (f"d{decoder}" if decoder != 32 else ""))
+             + (f"d{decoder}" if decoder != 32 else "") + (f"db{decoder_blocks}" if decoder_blocks else ""))
     rate = f"_lr{lr:g}" if lr else ""
     return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
 
@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-kernel", type=int, default=None,
                    help="kernel of the encoder's down-sampling convolutions: 3, 5 or 7 (default 5)")
     p.add_argument("--decoder-channels", type=int, default=None, help="server-side decoder width (default 64)")
+    p.add_argument("--decoder-blocks", type=int, default=None,
+                   help="residual blocks in the decoder at the latent's resolution (default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
@@ -268,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     architecture = {"latent_channels": args.latent_channels, "encoder_stride": args.encoder_stride,
                     "encoder_channels": args.encoder_channels, "encoder_blocks": args.encoder_blocks,
-                    "encoder_kernel": args.encoder_kernel, "decoder_channels": args.decoder_channels}
+                    "encoder_kernel": args.encoder_kernel, "decoder_channels": args.decoder_channels,
+                    "decoder_blocks": args.decoder_blocks}
     given = ["--" + k.replace("_", "-") for k, v in (("split", args.split != "layer1"), *architecture.items())
              if v is not None and v is not False]
     if init and given:
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.train_images, args.kd, args.hard_latent, init, args.tune_tail,
                          options["encoder_stride"], args.lr, options["encoder_channels"],
                          options.get("encoder_blocks", 0), options["decoder_channels"],
-                         options.get("encoder_kernel", 5))
+                         options.get("encoder_kernel", 5), options.get("decoder_blocks", 0))
         first = out / f"{tag}.safetensors"
         if not first.exists():
             T.train_student(training_data(), teacher.cpu(), str(first), beta=beta, stage1=s1,

@@ -96,6 +96,8 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 @click.option("--encoder-kernel", type=int, default=None,
               help="Kernel of the encoder's down-sampling convolutions: 3, 5 or 7 [5].")
 @click.option("--decoder-channels", type=int, default=None, help="Width of the server-side decoder.")
+@click.option("--decoder-blocks", type=int, default=None,
+              help="Residual blocks in the server-side decoder at the latent's resolution [0].")
 @click.option("--encoder-stride", type=int, default=None, help="Latent size = image size / stride (1-16).")
 @click.option("--distill", default="all", show_default=True,    # checked by train_student, with its choices
               help="Stage 1 matches every teacher stage from the split on (all, the paper), only the split "
@@ -120,7 +122,7 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
               help="Stage-2 KD temperature: both logits are divided by it (the KL is scaled back by its square).")
 @_with_common
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
-                  encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, encoder_stride, distill,
+                  encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, decoder_blocks, encoder_stride, distill,
                   kd_weight, hard_latent, tune_tail, init, start, mix, kd_alpha, kd_temperature, limit, batch_size,
                   max_time, device, seed, resume, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
@@ -139,6 +141,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     _positive("epochs2", epochs2, allow_zero=True)      # 0: the stage-1 student, for --from to continue
     _positive("kd-weight", kd_weight, allow_zero=True)
     _positive("encoder-blocks", encoder_blocks, allow_zero=True)
+    _positive("decoder-blocks", decoder_blocks, allow_zero=True)
     if encoder_kernel is not None and encoder_kernel not in ENCODER_KERNELS:   # the option's name, not the config's
         raise UserError(f"--encoder-kernel {encoder_kernel}: expected one of {ENCODER_KERNELS}")
     loss2 = Stage2Loss(kd_alpha=kd_alpha, mix=mix, kd_temperature=kd_temperature)
@@ -156,7 +159,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
                  batch_size=batch_size or s2.batch_size, max_time=max_time)
     architecture = {"split": split, "latent_channels": latent_channels, "encoder_channels": encoder_channels,
                     "encoder_blocks": encoder_blocks, "encoder_kernel": encoder_kernel,
-                    "decoder_channels": decoder_channels,
+                    "decoder_channels": decoder_channels, "decoder_blocks": decoder_blocks,
                     "encoder_stride": encoder_stride}
     if start is not None:
         stage1_only = [f"--{n.replace('_', '-')}" for n, v in (("epochs", epochs), ("lr", lr), *architecture.items(),

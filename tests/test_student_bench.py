@@ -66,7 +66,7 @@ def test_stage1_cache_names_differ_by_everything_that_changes_stage1():
     assert B.stage1_tag(*base) == "stage1_layer1_c16_all_b4_e12_n10000"      # the names cached so far stay valid
     variants = [dict(kd=1e4), dict(hard=True), dict(tail=True), dict(stride=8), dict(lr=5e-4),
                 dict(init=B.Path("out/s.safetensors")), dict(width=48), dict(blocks=2), dict(decoder=64),
-                dict(kernel=3)]
+                dict(kernel=3), dict(decoder_blocks=2)]
     names = {B.stage1_tag(*base, **v) for v in variants} | {B.stage1_tag(*base)}
     assert len(names) == len(variants) + 1
 
@@ -109,6 +109,7 @@ def test_stage2_names_differ_by_seed_and_keep_the_default():
 
 @pytest.mark.parametrize("flags, message", [(["--encoder-kernel", "4"], "encoder_kernel = 4"),
                                             (["--encoder-blocks", "9"], "encoder_blocks = 9"),
+                                            (["--decoder-blocks", "9"], "decoder_blocks = 9"),
                                             (["--distill", "none"], "--kd"),
                                             (["--kd-temperature2", "0"], "--kd-temperature2")])
 def test_impossible_options_fail_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, flags, message):

@@ -206,6 +206,22 @@ def test_cli_encoder_blocks_and_kernel(capsys, models, tmp_path):
     assert_one_line_error(code, err, "--encoder-blocks")
 
 
+def test_cli_decoder_blocks(capsys, models, tmp_path):
+    """`--decoder-blocks N` deepens the server-side decoder; the file records it and loads with it."""
+    out = tmp_path / "deepdec.safetensors"
+    base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
+            "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out]
+    code, _, err = run(capsys, *base, "--decoder-blocks", "1", "--json")
+    assert code == 0, err
+    student, _ = model_file.load_student(str(out))
+    assert student.config["decoder_blocks"] == 1
+    assert sum(type(m).__name__ == "ResidualBlock" for m in student.decoder) == 1
+    code, _, err = run(capsys, *base, "--decoder-blocks", "-1")
+    assert_one_line_error(code, err, "--decoder-blocks")
+    code, _, err = run(capsys, *base, "--decoder-blocks", "9")
+    assert_one_line_error(code, err, "decoder_blocks")
+
+
 def test_cli_stage2_mix_and_kd_alpha(capsys, models, tmp_path):
     """`--from S --mix cutmix --kd-alpha 1 --kd-temperature 4` runs stage 2 on mixed images against the teacher
     alone, at temperature 4; impossible

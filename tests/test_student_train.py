@@ -307,6 +307,26 @@ def test_a_config_without_encoder_blocks_builds_the_encoder_it_was_written_with(
             Student(student_config(teacher.config, encoder_kernel=kernel))
 
 
+def test_decoder_blocks_sit_at_the_latent_resolution_and_cost_the_device_nothing():
+    """`decoder_blocks` residual blocks follow the decoder's first convolution, at 8x8 for CIFAR; the encoder and its
+    MACs are untouched, and a config without the key (older files) builds the plain decoder."""
+    teacher = CifarResNet(make_config("resnet56", 10))
+    options = T.default_student_options(32)
+    plain = Student(student_config(teacher.config, **options))
+    deep = Student(student_config(teacher.config, **options, decoder_blocks=2))
+    names = [type(m).__name__ for m in deep.decoder]
+    assert names[:4] == ["Conv2d", "GDN", "ResidualBlock", "ResidualBlock"]
+    assert names[4:] == [type(m).__name__ for m in plain.decoder][2:]
+    x = torch.zeros(1, 3, 32, 32)
+    assert count_macs(deep.encoder, x) == count_macs(plain.encoder, x)
+    assert deep.decode(deep.encode(torch.rand(2, 3, 32, 32))).shape == (2, 16, 32, 32)
+    cfg = dict(deep.config)
+    del cfg["decoder_blocks"]
+    assert [type(m).__name__ for m in Student(cfg).decoder] == [type(m).__name__ for m in plain.decoder]
+    with pytest.raises(UserError, match="decoder_blocks"):
+        Student(student_config(teacher.config, decoder_blocks=9))
+
+
 def test_image_folder_and_tar_archive_load_alike(tmp_path):
     import tarfile
 

@@ -20,7 +20,7 @@ from codec.errors import UserError
 from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
 DEFAULTS = {"split": "layer1", "latent_channels": 16, "encoder_channels": 32, "encoder_stride": 4,
-            "decoder_channels": 64, "encoder_blocks": 0, "encoder_kernel": 5}
+            "decoder_channels": 64, "encoder_blocks": 0, "encoder_kernel": 5, "decoder_blocks": 0}
 ENCODER_KERNELS = (3, 5, 7)
 PRIOR_INIT_SCALE = 1.0
 
@@ -50,8 +50,9 @@ def check_config(cfg: dict[str, Any]) -> None:
     for k in ("latent_channels", "encoder_channels", "decoder_channels"):
         if not 1 <= int(cfg[k]) <= 1024:
             raise UserError(f"{k} = {cfg[k]}: expected 1..1024")
-    if not 0 <= int(cfg.get("encoder_blocks", 0)) <= 8:
-        raise UserError(f"encoder_blocks = {cfg['encoder_blocks']}: expected 0..8")
+    for k in ("encoder_blocks", "decoder_blocks"):
+        if not 0 <= int(cfg.get(k, 0)) <= 8:
+            raise UserError(f"{k} = {cfg[k]}: expected 0..8")
     if int(cfg.get("encoder_kernel", 5)) not in ENCODER_KERNELS:
         raise UserError(f"encoder_kernel = {cfg['encoder_kernel']}: expected one of {ENCODER_KERNELS}")
 
@@ -70,9 +71,12 @@ def make_encoder(c_in: int, width: int, latent: int, stride: int, blocks: int = 
     return nn.Sequential(*layers)
 
 
-def make_decoder(latent: int, width: int, c_out: int, upsample: int) -> nn.Sequential:
-    """3x3 convolution, then transposed convolutions (x2 each) with inverse GDN, then 3x3 to the teacher's channels."""
+def make_decoder(latent: int, width: int, c_out: int, upsample: int, blocks: int = 0) -> nn.Sequential:
+    """3x3 convolution, `blocks` residual blocks at the latent's resolution, then transposed convolutions (x2 each)
+    with inverse GDN, then 3x3 to the teacher's channels."""
     layers: list[nn.Module] = [nn.Conv2d(latent, width, 3, 1, 1), GDN(width, inverse=True)]
+    # depth on the server, where it is free for the device: at the latent's resolution a block is cheapest
+    layers += [ResidualBlock(width, width) for _ in range(blocks)]
     for _ in range(int(math.log2(upsample))):
         layers += [nn.ConvTranspose2d(width, width, 4, 2, 1), GDN(width, inverse=True)]
     layers.append(nn.Conv2d(width, c_out, 3, 1, 1))
@@ -93,14 +97,14 @@ class Student(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(tcfg["std"], dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
-        # files written before encoder_blocks and encoder_kernel existed have neither
+        # files written before encoder_blocks, encoder_kernel and decoder_blocks existed have none of them
         self.encoder = make_encoder(int(tcfg["in_channels"]), int(config["encoder_channels"]), n, stride,
                                     int(config.get("encoder_blocks", 0)), int(config.get("encoder_kernel", 5)))
         # a narrow initial prior (CompressAI's default is 10) lets a short run reach low rates: the prior need
         # not first shrink from a width of tens of quantisation steps
         self.entropy_bottleneck = EntropyBottleneck(n, init_scale=PRIOR_INIT_SCALE)
         self.decoder = make_decoder(n, int(config["decoder_channels"]), int(tcfg["widths"][k]),
-                                    stride // stage_stride(split))
+                                    stride // stage_stride(split), int(config.get("decoder_blocks", 0)))
         # the tail keeps the teacher's module names so its weights copy over by name
         shell = CifarResNet(tcfg)
         self.tail_names = list(STAGES[k + 1:])
