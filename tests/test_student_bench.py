@@ -121,3 +121,23 @@ def test_impossible_options_fail_in_one_line_before_any_work(tmp_path, monkeypat
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("benchmarks.split: ") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_held_back_rest_is_the_complement_of_the_benchmarks_subset():
+    from codec.features.data import balanced_prefix
+    labels = torch.tensor([0, 1, 1, 2, 0, 2, 1, 0, 2, 2])
+    chosen, rest = B.split_test(labels, 4)
+    assert torch.equal(chosen, balanced_prefix(labels, 4))
+    assert sorted(chosen.tolist() + rest.tolist()) == list(range(10)) and not set(chosen.tolist()) & set(rest.tolist())
+    everything, nothing = B.split_test(labels, None)
+    assert torch.equal(everything, torch.arange(10)) and len(nothing) == 0
+    assert len(B.split_test(labels, 10)[1]) == 0
+
+
+def test_holdout_check_weighs_the_two_parts_and_judges_accuracy_on_all():
+    # 81.90% on the first 4,000 and 81.15% on the other 4,000 is 81.525% on all 8,000: short of 83.13% - 1 point
+    check = B.holdout_check(0.8190, 0.8115, 0.8330, 4000, 4000, 0.83125)
+    assert check["top1_all"] == pytest.approx(0.81525) and check["target_top1_all"] == pytest.approx(0.82125)
+    assert check["top1_rest"] == 0.8115 and check["teacher_top1_rest"] == 0.8330 and not check["top1_ok_all"]
+    assert B.on_all(1.0, 1, 0.0, 3) == 0.25
+    assert B.holdout_check(0.83, 0.83, 0.83, 100, 300, 0.835)["top1_ok_all"]
