@@ -12,7 +12,8 @@ frames that `ncodec split send` puts on the wire). Baselines re-encode each test
 to quality 100, WebP lossless, PNG) and let the teacher classify what the server would decode. The target check: the
 student's top-1 >= the teacher's - 1 point, with at most 1/5 of the bytes JPEG or WebP need for that top-1 (linear
 between measured qualities). With --test-images the rest of the test set is held back from every choice made on
-the subset, and the teacher and each student are also scored on it and on all images (the unbiased number). Also the device encoder's parameters and multiply-accumulates against the teacher's.
+the subset, and the teacher and each student are also scored on it and on all images (the unbiased number). Also
+the device encoder's parameters and multiply-accumulates against the teacher's.
 Writes JSON and an accuracy-vs-bytes plot; prints tables.
 """
 from __future__ import annotations
@@ -331,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     test, rest = full.subset(chosen), full.subset(held_back)
     t_top1 = teacher_accuracy(teacher, test.images, test.labels, dev)
     print(f"teacher ResNet-56 on {len(test)} test JPEGs: top-1 {100 * t_top1:.2f}%  ({device_name(dev)})")
-    t_rest = teacher_accuracy(teacher, rest.images, rest.labels, dev) if len(rest) else None
-    t_all = t_top1 if t_rest is None else on_all(t_top1, len(test), t_rest, len(rest))
+    t_rest, t_all = None, t_top1
     if len(rest):
+        t_rest = teacher_accuracy(teacher, rest.images, rest.labels, dev)
+        t_all = on_all(t_top1, len(test), t_rest, len(rest))
         print(f"  held back from every choice: the other {len(rest)}: {100 * t_rest:.2f}%; "
               f"all {len(full)}: {100 * t_all:.2f}%")
 
