@@ -19,6 +19,7 @@ Writes JSON and an accuracy-vs-bytes plot; prints tables.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import sys
@@ -225,6 +226,9 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
     plt.close(fig)
 
 
+MAX_STAGE1_TAG = 190   # the longest stage-1 name cached so far is 183 characters; those keep their names
+
+
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
                stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
@@ -237,7 +241,13 @@ def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int
              + (f"r{blocks}" if blocks else "") + (f"k{kernel}" if kernel != 5 else "")
              + (f"d{decoder}" if decoder != 32 else "") + (f"db{decoder_blocks}" if decoder_blocks else ""))
     rate = f"_lr{lr:g}" if lr else ""
-    return f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
+    name = f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
+    if len(name) > MAX_STAGE1_TAG:
+        # each --stage1-init link repeats the whole chain; past the limit the student file's name would pass the
+        # filesystem's 255 bytes, so the init file is named by a digest of its name (split.json keeps the path)
+        start = f"_init-{hashlib.sha1(init.stem.encode()).hexdigest()[:12]}"
+        name = name[: len(name) - len(f"_init-{init.stem}")] + start
+    return name
 
 
 def stage2_tag(epochs: int, lr: float, loss2: T.Stage2Loss, seed: int) -> str:

@@ -71,6 +71,23 @@ def test_stage1_cache_names_differ_by_everything_that_changes_stage1():
     assert len(names) == len(variants) + 1
 
 
+def test_stage1_names_from_chained_inits_stay_within_the_filesystem_limit():
+    """A stage-1 file trained from a stage-1 file trained from another repeats the chain in its name; the name
+    stays short enough for the student file built on it, and distinct per init file."""
+    base = ("layer1", 16, "all", 17.0, 6, None)
+    init = B.Path("out/stage1_layer1_c16_all_b4_e12_n10000.safetensors")
+    names = []
+    for _ in range(4):
+        tag = B.stage1_tag(*base, init=init, kd=1e4, hard=True, tail=True, lr=2.5e-4, decoder=128)
+        names.append(tag)
+        init = B.Path(f"out/{tag}.safetensors")
+    assert names[0].endswith("_init-stage1_layer1_c16_all_b4_e12_n10000")     # short chains keep readable names
+    assert all(len(n) <= B.MAX_STAGE1_TAG for n in names)
+    assert len(set(names)) == len(names)
+    student = f"student_{names[-1][len('stage1_'):]}_s2e24_lr0.0002_seed1.safetensors"
+    assert len(student.encode()) < 255
+
+
 def test_device_cost_is_the_students_own_encoder_also_from_a_file(tmp_path):
     """The cost table follows each student's architecture, e.g. a --stage1-from file with a deeper encoder (the
     table used to show the default encoder's cost for every student)."""
