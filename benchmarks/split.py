@@ -236,18 +236,17 @@ def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int
     """The cached stage-1 file's name: everything that changes what stage 1 trains (the first runs' shape left out:
     decoder 32, so their cached files keep their names)."""
     loss = distill + (f"+kd{kd:g}" if kd else "") + ("+hard" if hard else "") + ("+tail" if tail else "")
-    start = f"_init-{init.stem}" if init else ""
     shape = (f"c{channels}" + (f"s{stride}" if stride != 4 else "") + (f"w{width}" if width != 32 else "")
              + (f"r{blocks}" if blocks else "") + (f"k{kernel}" if kernel != 5 else "")
              + (f"d{decoder}" if decoder != 32 else "") + (f"db{decoder_blocks}" if decoder_blocks else ""))
     rate = f"_lr{lr:g}" if lr else ""
-    name = f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}{start}"
-    if len(name) > MAX_STAGE1_TAG:
+    head = f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}"
+    start = f"_init-{init.stem}" if init else ""
+    if len(head + start) > MAX_STAGE1_TAG:
         # each --stage1-init link repeats the whole chain; past the limit the student file's name would pass the
         # filesystem's 255 bytes, so the init file is named by a digest of its name (split.json keeps the path)
         start = f"_init-{hashlib.sha1(init.stem.encode()).hexdigest()[:12]}"
-        name = name[: len(name) - len(f"_init-{init.stem}")] + start
-    return name
+    return head + start
 
 
 def stage2_tag(epochs: int, lr: float, loss2: T.Stage2Loss, seed: int) -> str:
