@@ -229,6 +229,12 @@ def plot(path: Path, teacher_top1: float, base_rows: list[dict], student_rows: l
 MAX_STAGE1_TAG = 190   # the longest stage-1 name cached so far is 183 characters; those keep their names
 
 
+def short_stem(path: Path, room: int) -> str:
+    """The file's stem for a name built on it, or a 12-digit digest of the stem where it is longer than room: each
+    --stage1-init / --stage1-from link repeats the whole chain, and file names end at 255 bytes."""
+    return path.stem if len(path.stem) <= room else hashlib.sha1(path.stem.encode()).hexdigest()[:12]
+
+
 def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int, train_images: int | None,
                kd: float = 0.0, hard: bool = False, init: Path | None = None, tail: bool = False,
                stride: int = 4, lr: float | None = None, width: int = 32, blocks: int = 0,
@@ -241,11 +247,8 @@ def stage1_tag(split: str, channels: int, distill: str, beta: float, epochs: int
              + (f"d{decoder}" if decoder != 32 else "") + (f"db{decoder_blocks}" if decoder_blocks else ""))
     rate = f"_lr{lr:g}" if lr else ""
     head = f"stage1_{split}_{shape}_{loss}_b{beta:g}_e{epochs}{rate}_n{train_images or 10000}"
-    start = f"_init-{init.stem}" if init else ""
-    if len(head + start) > MAX_STAGE1_TAG:
-        # each --stage1-init link repeats the whole chain; past the limit the student file's name would pass the
-        # filesystem's 255 bytes, so the init file is named by a digest of its name (split.json keeps the path)
-        start = f"_init-{hashlib.sha1(init.stem.encode()).hexdigest()[:12]}"
+    # past MAX_STAGE1_TAG the init file is named by a digest (split.json keeps its path)
+    start = f"_init-{short_stem(init, MAX_STAGE1_TAG - len(head) - len('_init-'))}" if init else ""
     return head + start
 
 
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                             resume=True)
             teacher.to(dev)
         jobs.append((first, out / f"student_{first.stem[len('stage1_'):]}_{s2_tag}.safetensors"))
-    jobs += [(f, out / f"student_from-{f.stem}_{s2_tag}.safetensors") for f in starts]
+    jobs += [(f, out / f"student_from-{short_stem(f, MAX_STAGE1_TAG)}_{s2_tag}.safetensors") for f in starts]
 
     for first, path in jobs:
         if not path.exists():

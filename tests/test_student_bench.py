@@ -86,6 +86,12 @@ def test_stage1_names_from_chained_inits_stay_within_the_filesystem_limit():
     assert len(set(names)) == len(names)
     student = f"student_{names[-1][len('stage1_'):]}_s2e24_lr0.0002_seed1.safetensors"
     assert len(student.encode()) < 255
+    # --stage1-from a student file: its stem is kept up to the same limit, past it digested
+    kept = B.Path(f"out/{'s' * B.MAX_STAGE1_TAG}.safetensors")
+    assert B.short_stem(kept, B.MAX_STAGE1_TAG) == kept.stem
+    long = B.Path(f"out/{'s' * (B.MAX_STAGE1_TAG + 1)}.safetensors")
+    assert len(B.short_stem(long, B.MAX_STAGE1_TAG)) == 12
+    assert B.short_stem(long, B.MAX_STAGE1_TAG) != B.short_stem(B.Path(f"out/t{long.name}"), B.MAX_STAGE1_TAG)
 
 
 def test_device_cost_is_the_students_own_encoder_also_from_a_file(tmp_path):
