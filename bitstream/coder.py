@@ -166,6 +166,46 @@ class RangeDecoder:
         return model._decode(self._coder, _count(n))
 
 
+def trim_stream(data: bytes, decodes_back) -> bytes:
+    """The shortest form of a RangeEncoder stream that still decodes the same: its words most significant byte
+    first, the last word rounded up (within the coder's final interval) to end in as many zero bytes as possible,
+    and those bytes dropped. The seal writes a whole 32-bit word where the final interval often needs fewer bits;
+    this saves ~1.7 bytes per stream, which matters for streams of ~100 bytes. `decodes_back(words)` must say
+    whether whole little-endian words (what `untrim_stream` gives back) decode to the original symbols: every
+    changed word is checked by decoding (a BitstreamError counts as no), so the result never depends on how the
+    coder seals."""
+    words = np.frombuffer(bytes(data), dtype="<u4")
+    if words.size == 0:
+        return b""
+    whole, last = words.astype(">u4").tobytes(), int(words[-1])
+
+    def shorter(k: int) -> bytes | None:
+        step = 1 << (8 * k)
+        word = -(-last // step) * step
+        if word >= 1 << 32:
+            return None
+        candidate = whole[:-4] + word.to_bytes(4, "big")[:4 - k]
+        if word == last:
+            return candidate
+        try:
+            return candidate if decodes_back(untrim_stream(candidate)) else None
+        except BitstreamError:                  # the changed word left the final interval
+            return None
+
+    # the words that decode back form an interval, so rounding to fewer zero bytes works whenever more does:
+    # two decodes find the best of 0-3 dropped bytes
+    two = shorter(2)
+    if two is not None:
+        return shorter(3) or two
+    return shorter(1) or whole
+
+
+def untrim_stream(data: bytes) -> bytes:
+    """Whole little-endian words (RangeDecoder's input) from `trim_stream`'s bytes: the dropped bytes were zeros."""
+    data = bytes(data) + bytes(-len(data) % 4)
+    return np.frombuffer(data, dtype=">u4").astype("<u4").tobytes()
+
+
 def encode(symbols, model: "EntropyModel") -> bytes:
     """One-shot: the symbols under one model, as bytes."""
     enc = RangeEncoder()
@@ -707,6 +747,21 @@ class TableModel(EntropyModel):
         self.min_symbol = min_symbol
         self.n, self.k = p.shape
         self._family = _cm.Categorical(perfect=False) if self.k >= 2 else None
+        self._sums: np.ndarray | None = None        # row sums once validated (see `pick`)
+
+    def pick(self, rows) -> "TableModel":
+        """The model of some of these rows (an index array) in that order. The rows are validated once, here, not
+        per call: for coders that make many small calls from one fixed set of tables."""
+        if self._sums is None:
+            self._sums = _check_tables(self.probs, "TableModel")
+        m = object.__new__(TableModel)
+        m.probs, m._sums = self.probs[rows], self._sums[rows]
+        m.min_symbol, m._family = self.min_symbol, self._family
+        m.n, m.k = m.probs.shape
+        return m
+
+    def _validated_sums(self) -> np.ndarray:
+        return self._sums if self._sums is not None else _check_tables(self.probs, "TableModel")
 
     def __repr__(self) -> str:
         return f"TableModel(n={self.n}, K={self.k}, min_symbol={self.min_symbol})"
@@ -718,7 +773,7 @@ class TableModel(EntropyModel):
     def _prepare(self, s: np.ndarray) -> tuple[np.ndarray, float]:
         self._check_n(s.size)
         _out_of_support(s, self.min_symbol, self.min_symbol + self.k - 1)
-        sums = _check_tables(self.probs, "TableModel")
+        sums = self._validated_sums()
         idx = s - np.int32(self.min_symbol) if self.min_symbol else s
         if s.size == 0 or self.k == 1:
             return idx, 0.0
@@ -742,7 +797,7 @@ class TableModel(EntropyModel):
         self._check_n(n)
         if n == 0 or self._family is None:
             return np.full(n, self.min_symbol, np.int32)
-        _check_tables(self.probs, "TableModel")
+        self._validated_sums()
         out = _call(coder.decode, self._family, self.probs)
         return out + np.int32(self.min_symbol) if self.min_symbol else out
 

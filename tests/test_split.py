@@ -83,7 +83,7 @@ def test_server_answers_like_the_whole_student_in_one_process(student_file, serv
         results = [c.classify(img) for img in images]
     assert [r.predicted for r in results] == whole
     for r in results:
-        assert r.payload_bytes > 0 and r.payload_bytes % 4 == 0 and r.wire_bytes == r.payload_bytes + 5
+        assert r.payload_bytes > 0 and r.wire_bytes == r.payload_bytes + 5
         assert r.round_trip_ms >= 0 and r.server_ms >= 0
     assert server.stats.images == len(images) and server.stats.errors == 0
 
@@ -101,7 +101,7 @@ def test_live_session_counts_accuracy(student_file, server, digits, capsys):
     b"GET / HTTP/1.1\r\n\r\n",                                   # not our protocol: a 1.2 GB "length"
     struct.pack("<I", 2**31) + b"xx",                          # an oversized length
     struct.pack("<I", 5000) + b"x" * 10,                        # over this server's 4096-byte limit
-    frame(b"NCSPLIT1" + b"0" * 16),                             # a HELLO with the wrong model id
+    frame(b"NCSPLIT2" + b"0" * 16),                             # a HELLO with the wrong model id
     frame(b"hello"),                                            # a malformed HELLO
 ])
 def test_bad_first_frames_get_an_error_and_the_server_keeps_serving(student_file, server, digits, bad):
@@ -118,7 +118,7 @@ def test_bad_first_frames_get_an_error_and_the_server_keeps_serving(student_file
 @pytest.mark.parametrize("bad", [
     frame(b""),                                                 # an empty frame
     frame(b"\x07junk"),                                         # an unknown message type
-    frame(bytes([MSG_LATENT]) + b"abc"),                        # a latent that is not whole 32-bit words
+    frame(bytes([MSG_LATENT])),                                 # a latent of no bytes
 ])
 def test_bad_frames_after_hello_get_an_error(student_file, server, digits, bad):
     s = raw_connect(server)

@@ -1,8 +1,9 @@
 """`--codec student`: images -> the Entropic Student's quantised latents in a .ncb file -> predicted classes.
 
-Each image's latent is one range-coded stream under the student's CompressAI CDF tables (out-of-range symbols are
-escaped losslessly by the shared coder, never clipped). The header names the student's model id, and decoding with
-any other student is refused.
+Each image's latent is one range-coded stream under the student's context prior when its file has one (training
+fits it), else under its CompressAI CDF tables; out-of-range symbols are escaped losslessly, never clipped. Streams
+are trimmed to whole bytes (version 2; version-1 files of whole 32-bit words still decode). The header names the
+student's model id, and decoding with any other student is refused.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bitstream.coder import CdfTableModel, RangeDecoder, RangeEncoder
+from bitstream.coder import CdfTableModel, RangeDecoder, RangeEncoder, TableModel, trim_stream, untrim_stream
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
 from codec.device import pick_device
 from codec.errors import UserError
+from codec.features.context_prior import CONTEXTS
 from codec.features.data import expand_inputs, load_images, to_float
 from codec.features.model_file import load_student
 from codec.features.student import Student
@@ -29,24 +31,87 @@ MAX_STREAM_BYTES = 1 << 24       # one image's latent stream; far above any real
 
 
 class LatentCoder:
-    """The student's CDF tables as the shared coder's model for one latent shape [C, h, w]."""
+    """One image's latent [C, h, w] <-> one range-coded stream, under the student's context prior when it has one
+    (codec/features/context_prior.py), else its factorised CDF tables. Streams are trimmed to whole bytes
+    (`trim_stream`); `trim=False` reads and writes the whole 32-bit words of version-1 files."""
 
-    def __init__(self, student: Student):
+    def __init__(self, student: Student, trim: bool = True):
         self.shape = student.latent_shape
+        self.trim = trim
         c, h, w = self.shape
-        cdf, length, offset = student.tables()
-        self.model = CdfTableModel(cdf, length, offset, np.repeat(np.arange(c), h * w))
+        self.tables = student.tables()
+        self.model = CdfTableModel(*self.tables, np.repeat(np.arange(c), h * w))
+        self.prior = student.context_prior
+        if self.prior is not None:           # every channel's tables, one row per (channel, context)
+            counts = self.prior.counts
+            self.rows = TableModel(counts.reshape(-1, counts.shape[2]))
+        self._escapes: dict[tuple[int, int], CdfTableModel] = {}
 
     def encode(self, symbols: np.ndarray) -> bytes:
         if tuple(symbols.shape) != self.shape:
             raise ValueError(f"latent of shape {symbols.shape}, expected {self.shape}")
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         enc = RangeEncoder()
-        enc.encode(np.ascontiguousarray(symbols, dtype=np.int32), self.model)
-        return enc.to_bytes()
+        if self.prior is None:
+            enc.encode(symbols, self.model)
+        else:
+            self._encode_in_context(enc, symbols)
+        data = enc.to_bytes()
+        if not self.trim:
+            return data
+        return trim_stream(data, lambda words: self._decodes_to(words, symbols))
 
     def decode(self, data: bytes) -> np.ndarray:
         """Symbols [C, h, w]; BitstreamError for bytes that are not a stream."""
-        return RangeDecoder(data).decode(self.model, self.model.n).reshape(self.shape)
+        if not data:                         # the seal writes a word, and trimming keeps at least one of its bytes
+            raise BitstreamError("empty latent stream")
+        dec = RangeDecoder(untrim_stream(data) if self.trim else data)
+        if self.prior is None:
+            return dec.decode(self.model, self.model.n).reshape(self.shape)
+        return self._decode_in_context(dec)
+
+    def _decodes_to(self, words: bytes, symbols: np.ndarray) -> bool:
+        dec = RangeDecoder(words)
+        out = (dec.decode(self.model, self.model.n).reshape(self.shape) if self.prior is None
+               else self._decode_in_context(dec))
+        return np.array_equal(out, symbols)
+
+    # ---- the context prior: channel by channel in its order, column by column (the column's rows at once)
+    def _escape_model(self, channel: int, n: int) -> CdfTableModel:
+        """The factorised tables for n escaped symbols of one channel (escapes are rare: built when needed)."""
+        if (channel, n) not in self._escapes:
+            self._escapes[(channel, n)] = CdfTableModel(*self.tables, np.full(n, channel))
+        return self._escapes[(channel, n)]
+
+    def _encode_in_context(self, enc: RangeEncoder, symbols: np.ndarray) -> None:
+        prior = self.prior
+        rows = prior.contexts(symbols) + np.arange(self.shape[0])[:, None, None] * CONTEXTS
+        entries, order = prior.entries(symbols), prior.order
+        if not np.any(entries == prior.escape):       # the usual case: one call, the same stream as column by column
+            enc.encode(entries[order].transpose(0, 2, 1), self.rows.pick(rows[order].transpose(0, 2, 1).ravel()))
+            return
+        for ch in order:
+            for x in range(self.shape[2]):
+                enc.encode(entries[ch, :, x], self.rows.pick(rows[ch, :, x]))
+                escaped = symbols[ch, entries[ch, :, x] == prior.escape, x]
+                if escaped.size:
+                    enc.encode(escaped, self._escape_model(int(ch), escaped.size))
+
+    def _decode_in_context(self, dec: RangeDecoder) -> np.ndarray:
+        prior = self.prior
+        c, h, w = self.shape
+        out = np.zeros(self.shape, np.int64)
+        for i, ch in enumerate(prior.order):
+            base = prior.channel_contexts(out, i) + ch * CONTEXTS
+            for x in range(w):
+                left = prior.left_context(out[ch, :, x - 1] if x else None, h)
+                entries = dec.decode(self.rows.pick(base[:, x] + left), h)
+                values = entries.astype(np.int64) + prior.min_symbol
+                escaped = entries == prior.escape
+                if escaped.any():
+                    values[escaped] = dec.decode(self._escape_model(int(ch), int(escaped.sum())), int(escaped.sum()))
+                out[ch, :, x] = values
+        return out.astype(np.int32)
 
 
 def open_student(path: str | None, device: str = "auto") -> tuple[Student, str, torch.device]:
@@ -81,7 +146,7 @@ def classify_symbols(student: Student, symbols: np.ndarray, device: torch.device
 @register
 class StudentCodec(Codec):
     name = "student"
-    version = 1
+    version = 2                       # 1: latents as whole 32-bit words; 2: trimmed (both decode)
     kind = "features"
     takes_many_inputs = True          # every image's latent goes into the one .ncb file
     description = "Entropic Student: images -> a learned, entropy-coded latent -> classes (split computing)"
@@ -118,6 +183,9 @@ class StudentCodec(Codec):
             raise UserError(f"the student codec decodes to predicted classes: give -o a .json file, not {output}")
         student, model_id, dev = open_student(opts.get("model"), opts.get("device") or "auto")
         header = reader.header
+        if not 1 <= reader.codec_version <= self.version:
+            raise BitstreamError(f"student stream version {reader.codec_version} is unknown to this ncodec (it "
+                                 f"decodes versions 1 to {self.version})")
         if header.get("kind") != self.kind:
             raise BitstreamError(f"header kind {header.get('kind')!r} is not {self.kind!r}")
         if header.get("model_id") != model_id:
@@ -128,7 +196,7 @@ class StudentCodec(Codec):
             raise BitstreamError(f"latent shape {shape} does not match the student's {student.latent_shape}")
         reader.require_known({"latents", "names"})
         count = int(header["count"])
-        coder = LatentCoder(student)
+        coder = LatentCoder(student, trim=reader.codec_version >= 2)
         body = ByteReader(reader.payload("latents"), "section 'latents'")
         symbols = np.stack([coder.decode(body.bytes_(MAX_STREAM_BYTES)) for _ in range(count)])
         body.expect_end()

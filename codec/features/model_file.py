@@ -156,7 +156,8 @@ def load_teacher(path: str):
 
 def save_student(path, student, meta: dict[str, Any] | None = None) -> str:
     student.tables()          # refuses a student whose tables were never built
-    return save(path, "student", student.config, state_tensors(student), meta)
+    prior = student.context_prior.tensors() if student.context_prior is not None else {}
+    return save(path, "student", student.config, {**state_tensors(student), **prior}, meta)
 
 
 def load_student(path: str):

@@ -2,7 +2,7 @@
 
 Framing: every message is a frame = u32 little-endian body length, then the body (at most `max_frame` bytes).
 
-    client -> server   HELLO   b"NCSPLIT1" + the student's model id (16 ASCII hex digits)
+    client -> server   HELLO   b"NCSPLIT2" + the student's model id (16 ASCII hex digits)
     server -> client   REPLY   u8 0 + str "ok"            | u8 1 + str error, then the server closes
     client -> server   LATENT  u8 1 + one image's range-coded latent (the rest of the frame)
     server -> client   REPLY   u8 0 + varint class + f32 server ms | u8 1 + str error, then the server closes
@@ -32,7 +32,7 @@ from codec.errors import UserError
 from codec.features.codec import LatentCoder, classify_symbols, encode_images
 from codec.features.student import Student
 
-MAGIC = b"NCSPLIT1"
+MAGIC = b"NCSPLIT2"     # 2: latents are trimmed streams (bitstream.coder.trim_stream)
 MSG_LATENT, MSG_BYE = 1, 2
 STATUS_OK, STATUS_ERROR = 0, 1
 DEFAULT_MAX_FRAME = 1 << 20          # 1 MiB: far above one latent, small enough that a liar cannot exhaust memory
@@ -180,7 +180,7 @@ class SplitServer:
         if hello is None:
             return
         if len(hello) != len(MAGIC) + 16 or not hello.startswith(MAGIC):
-            raise ProtocolError("expected a HELLO frame (b'NCSPLIT1' + model id)")
+            raise ProtocolError(f"expected a HELLO frame ({MAGIC!r} + model id)")
         client_id = hello[len(MAGIC):].decode("ascii", "replace")
         if client_id != self.model_id:
             raise ProtocolError(f"the client encodes with student {client_id}, this server decodes with "

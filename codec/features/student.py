@@ -17,6 +17,8 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import GDN, ResidualBlock
 
 from codec.errors import UserError
+from codec.features.context_prior import KEYS as CONTEXT_KEYS
+from codec.features.context_prior import ContextPrior
 from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
 DEFAULTS = {"split": "layer1", "latent_channels": 16, "encoder_channels": 32, "encoder_stride": 4,
@@ -110,6 +112,8 @@ class Student(nn.Module):
         self.tail_names = list(STAGES[k + 1:])
         self.tail = nn.ModuleDict({name: getattr(shell, name) for name in self.tail_names})
         self.linear = shell.linear
+        # integer tables for coding the latent in context (fitted after training; None: the factorised tables)
+        self.context_prior: ContextPrior | None = None
 
     # ---- shapes
     @property
@@ -212,12 +216,18 @@ TABLE_KEYS = ("entropy_bottleneck._quantized_cdf", "entropy_bottleneck._cdf_leng
 
 
 def load_student_state(student: Student, state: dict[str, torch.Tensor]) -> None:
-    """Load weights and the variable-sized CDF tables (a plain load_state_dict fails on their sizes)."""
+    """Load weights, the variable-sized CDF tables (a plain load_state_dict fails on their sizes) and the context
+    prior if the file has one."""
     missing = [k for k in TABLE_KEYS if k not in state]
     if missing:
         raise UserError(f"student model lacks its entropy tables ({missing[0]})")
     student.set_tables(*(state[k] for k in TABLE_KEYS))
-    rest = {k: v for k, v in state.items() if k not in TABLE_KEYS}
+    if any(k in state for k in CONTEXT_KEYS):
+        try:
+            student.context_prior = ContextPrior.from_tensors(state, student.latent_shape[0])
+        except ValueError as e:
+            raise UserError(f"student model's {e}") from None
+    rest = {k: v for k, v in state.items() if k not in TABLE_KEYS and k not in CONTEXT_KEYS}
     result = student.load_state_dict({**rest, **{k: getattr(student.entropy_bottleneck, k.split('.')[-1])
                                                  for k in TABLE_KEYS}}, strict=False)
     bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] + list(result.unexpected_keys)

@@ -23,12 +23,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from codec.device import pick_device, seed_everything
 from codec.errors import UserError
 from codec.features import model_file
+from codec.features.codec import LatentCoder, encode_images
+from codec.features.context_prior import ContextPrior
 from codec.features.data import ImageSet, augment, split_holdout, to_float
 from codec.features.student import Student, load_student_state, make_config as make_student_config
 from codec.features.teacher import CifarResNet, make_config as make_teacher_config
@@ -627,10 +630,28 @@ def _finish(student: Student, teacher: CifarResNet, output: str, ds: ImageSet, t
                "heldout_top1_teacher": accuracy(teacher, held, dev),
                "heldout_top1_student": accuracy(student, held, dev),
                "heldout_bits_per_image": estimated_bits(student, held, dev),
+               **fit_context_prior(student, train, held, dev),
                "device": str(dev)}
     summary.update({k: v for k, v in record.items() if k.endswith("_seconds")})
     summary["model_id"] = model_file.save_student(output, student.cpu(), {"training": summary})
     return summary
+
+
+def fit_context_prior(student: Student, train: ImageSet, held: ImageSet, device: torch.device) -> dict[str, Any]:
+    """Fit the latent's context prior on the training images' latents and keep it if it codes the held-out images
+    in fewer bytes than the factorised tables (it does on CIFAR-10; tiny data may not have the counts for it)."""
+    student.context_prior = None
+    held_symbols = encode_images(student, held.images, device)
+    factorised = LatentCoder(student)
+    before = float(np.mean([len(factorised.encode(s)) for s in held_symbols])) if len(held) else float("nan")
+    prior = ContextPrior.fit(encode_images(student, train.images, device))
+    student.context_prior = prior
+    in_context = LatentCoder(student)
+    after = float(np.mean([len(in_context.encode(s)) for s in held_symbols])) if len(held) else float("nan")
+    if not after < before:
+        student.context_prior = None
+    return {"heldout_bytes_factorised": before, "heldout_bytes_in_context": after,
+            "context_prior": student.context_prior is not None}
 
 
 @torch.no_grad()
