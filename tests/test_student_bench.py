@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks import split as B
+from codec.features.context_prior import ContextPrior
 
 
 def _curve(method, points):
@@ -164,3 +165,27 @@ def test_holdout_check_weighs_the_two_parts_and_judges_accuracy_on_all():
     assert check["top1_rest"] == 0.8115 and check["teacher_top1_rest"] == 0.8330 and not check["top1_ok_all"]
     assert B.on_all(1.0, 1, 0.0, 3) == 0.25
     assert B.holdout_check(0.83, 0.83, 0.83, 100, 300, 0.835)["top1_ok_all"]
+
+
+def test_with_context_prior_fits_a_copy_once_and_evaluation_reports_both_codings(tmp_path):
+    from codec.features import model_file
+    from codec.features.data import load_dataset
+    from tests.students import train_tiny_models
+
+    folder = train_tiny_models(tmp_path, {"student": 0.3})
+    plain = folder / "student.safetensors"
+    student, _ = model_file.load_student(str(plain))
+    student.context_prior = None                      # a file written before the prior existed
+    model_file.save_student(plain, student, model_file.load(plain).meta)
+    ds = load_dataset("digits", limit=500)
+    copy = B.with_context_prior(plain, ds, torch.device("cpu"))
+    assert copy.name == "student+ctx.safetensors" and copy.exists()
+    record = model_file.load(copy).meta["training"]
+    assert {"heldout_bytes_factorised", "heldout_bytes_in_context", "context_prior"} <= set(record)
+    stamp = copy.stat().st_mtime_ns
+    assert B.with_context_prior(plain, ds, torch.device("cpu")) == copy and copy.stat().st_mtime_ns == stamp
+    fitted, _ = model_file.load_student(str(copy))
+    fitted.context_prior = ContextPrior.fit(np.random.default_rng(0).integers(-1, 2, (200, 4, 4, 4)))
+    row = B.evaluate_student(fitted, ds.images[:40], ds.labels[:40], torch.device("cpu"))
+    assert row["context_prior"] and row["factorised_bytes_per_image"] > 0 and row["bytes_per_image"] > 0
+    assert fitted.context_prior is not None           # evaluation restores the prior it set aside
