@@ -123,8 +123,9 @@ def holdout_check(top1: float, top1_rest: float, teacher_rest: float, n: int, n_
     """The accuracy half of the target again on the held-back images and on all of them (the bytes half stays
     the subset's: the baselines are measured there)."""
     top1_all = on_all(top1, n, top1_rest, n_rest)
+    # accuracies are image counts over n; the tolerance (far below one image) absorbs float rounding at equality
     return {"top1_rest": top1_rest, "teacher_top1_rest": teacher_rest, "top1_all": top1_all,
-            "target_top1_all": teacher_all - points, "top1_ok_all": top1_all >= teacher_all - points}
+            "target_top1_all": teacher_all - points, "top1_ok_all": top1_all >= teacher_all - points - 1e-9}
 
 
 def evaluate_student(student: Student, images, labels, dev) -> dict:
@@ -142,7 +143,8 @@ def evaluate_student(student: Student, images, labels, dev) -> dict:
     student.context_prior = prior
     return {"bytes_per_image": payload, "wire_bytes_per_image": payload + WIRE_OVERHEAD,
             "factorised_bytes_per_image": factorised, "context_prior": prior is not None,
-            "top1": float((torch.from_numpy(predicted) == labels).float().mean()),
+            # a count over the images in float64: float32's mean put 6,570 of 8,000 a hair below 82.125%
+            "top1": int((torch.from_numpy(predicted) == labels).sum()) / len(labels),
             "encode_ms_per_image_batched": enc_ms}
 
 

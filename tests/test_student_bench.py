@@ -189,3 +189,11 @@ def test_with_context_prior_fits_a_copy_once_and_evaluation_reports_both_codings
     row = B.evaluate_student(fitted, ds.images[:40], ds.labels[:40], torch.device("cpu"))
     assert row["context_prior"] and row["factorised_bytes_per_image"] > 0 and row["bytes_per_image"] > 0
     assert fitted.context_prior is not None           # evaluation restores the prior it set aside
+
+
+def test_holdout_check_counts_a_student_exactly_one_point_below_the_teacher_as_within():
+    # 3,271 + 3,299 of 8,000 right = 82.125%; teacher 6,650 of 8,000 = 83.125%: exactly one point, which is within
+    teacher_all = 6650 / 8000
+    check = B.holdout_check(3271 / 4000, 3299 / 4000, 3340 / 4000, 4000, 4000, teacher_all)
+    assert check["top1_ok_all"]
+    assert not B.holdout_check(3270 / 4000, 3299 / 4000, 3340 / 4000, 4000, 4000, teacher_all)["top1_ok_all"]
