@@ -59,22 +59,19 @@ class LatentCoder:
         data = enc.to_bytes()
         if not self.trim:
             return data
-        return trim_stream(data, lambda words: self._decodes_to(words, symbols))
+        return trim_stream(data, lambda words: np.array_equal(self._decode_words(words), symbols))
 
     def decode(self, data: bytes) -> np.ndarray:
         """Symbols [C, h, w]; BitstreamError for bytes that are not a stream."""
         if not data:                         # the seal writes a word, and trimming keeps at least one of its bytes
             raise BitstreamError("empty latent stream")
-        dec = RangeDecoder(untrim_stream(data) if self.trim else data)
+        return self._decode_words(untrim_stream(data) if self.trim else data)
+
+    def _decode_words(self, words: bytes) -> np.ndarray:
+        dec = RangeDecoder(words)
         if self.prior is None:
             return dec.decode(self.model, self.model.n).reshape(self.shape)
         return self._decode_in_context(dec)
-
-    def _decodes_to(self, words: bytes, symbols: np.ndarray) -> bool:
-        dec = RangeDecoder(words)
-        out = (dec.decode(self.model, self.model.n).reshape(self.shape) if self.prior is None
-               else self._decode_in_context(dec))
-        return np.array_equal(out, symbols)
 
     # ---- the context prior: channel by channel in its order, column by column (the column's rows at once)
     def _escape_model(self, channel: int, n: int) -> CdfTableModel:

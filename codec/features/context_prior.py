@@ -42,22 +42,19 @@ class ContextPrior:
     # ---- contexts
     def contexts(self, symbols: np.ndarray) -> np.ndarray:
         """Context index of every symbol of latents [..., C, h, w] (only already-coded neighbours are used)."""
-        shape = symbols.shape[:-3] + symbols.shape[-2:]
         ctx = np.empty(symbols.shape, np.int64)
         for i, ch in enumerate(self.order):
-            a = _bucket(symbols[..., self.order[i - 1], :, :]) if i >= 1 else np.full(shape, NONE)
-            b = _bucket(symbols[..., self.order[i - 2], :, :]) if i >= 2 else np.full(shape, NONE)
-            left = np.full(shape, NONE)
+            left = np.full(symbols.shape[:-3] + symbols.shape[-2:], NONE)
             left[..., 1:] = _bucket(symbols[..., ch, :, :-1])
-            ctx[..., ch, :, :] = (a * BUCKETS + b) * BUCKETS + left
+            ctx[..., ch, :, :] = self.channel_contexts(symbols, i) + left
         return ctx
 
     def channel_contexts(self, decoded: np.ndarray, i: int) -> np.ndarray:
-        """Contexts of the i-th channel in coding order [h, w] without its left neighbours (add `left_context`),
-        from the channels decoded so far."""
-        shape = decoded.shape[1:]
-        a = _bucket(decoded[self.order[i - 1]]) if i >= 1 else np.full(shape, NONE)
-        b = _bucket(decoded[self.order[i - 2]]) if i >= 2 else np.full(shape, NONE)
+        """Contexts of the i-th channel in coding order [..., h, w] without its left neighbours (add
+        `left_context`), from the channels decoded so far."""
+        shape = decoded.shape[:-3] + decoded.shape[-2:]
+        a = _bucket(decoded[..., self.order[i - 1], :, :]) if i >= 1 else np.full(shape, NONE)
+        b = _bucket(decoded[..., self.order[i - 2], :, :]) if i >= 2 else np.full(shape, NONE)
         return (a * BUCKETS + b) * BUCKETS
 
     @staticmethod
@@ -75,7 +72,7 @@ class ContextPrior:
     def fit(cls, symbols: np.ndarray) -> "ContextPrior":
         """Count contexts on training latents [N, C, h, w] (int); channels are coded most informative first."""
         s = np.asarray(symbols, np.int64)
-        n, c, h, w = s.shape
+        c = s.shape[1]
         lo = int(max(s.min(), -MAX_SUPPORT)) if s.size else 0
         hi = int(min(s.max(), MAX_SUPPORT)) if s.size else 0
         k = hi - lo + 2
