@@ -33,15 +33,16 @@ MAX_STREAM_BYTES = 1 << 24       # one image's latent stream; far above any real
 class LatentCoder:
     """One image's latent [C, h, w] <-> one range-coded stream, under the student's context prior when it has one
     (codec/features/context_prior.py), else its factorised CDF tables. Streams are trimmed to whole bytes
-    (`trim_stream`); `trim=False` reads and writes the whole 32-bit words of version-1 files."""
+    (`trim_stream`); `trim=False` reads and writes the whole 32-bit words of version-1 files; `in_context=False` codes
+    under the factorised tables even when the student has a context prior (to compare the two)."""
 
-    def __init__(self, student: Student, trim: bool = True):
+    def __init__(self, student: Student, trim: bool = True, in_context: bool = True):
         self.shape = student.latent_shape
         self.trim = trim
         c, h, w = self.shape
         self.tables = student.tables()
         self.model = CdfTableModel(*self.tables, np.repeat(np.arange(c), h * w))
-        self.prior = student.context_prior
+        self.prior = student.context_prior if in_context else None
         if self.prior is not None:           # every channel's tables, one row per (channel, context)
             counts = self.prior.counts
             self.rows = TableModel(counts.reshape(-1, counts.shape[2]))
@@ -60,6 +61,10 @@ class LatentCoder:
         if not self.trim:
             return data
         return trim_stream(data, lambda words: np.array_equal(self._decode_words(words), symbols))
+
+    def mean_bytes(self, symbols: np.ndarray) -> float:
+        """Mean stream length of latents [N, C, h, w]."""
+        return float(np.mean([len(self.encode(s)) for s in symbols]))
 
     def decode(self, data: bytes) -> np.ndarray:
         """Symbols [C, h, w]; BitstreamError for bytes that are not a stream."""

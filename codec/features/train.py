@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -640,14 +639,10 @@ def _finish(student: Student, teacher: CifarResNet, output: str, ds: ImageSet, t
 def fit_context_prior(student: Student, train: ImageSet, held: ImageSet, device: torch.device) -> dict[str, Any]:
     """Fit the latent's context prior on the training images' latents and keep it if it codes the held-out images
     in fewer bytes than the factorised tables (it does on CIFAR-10; tiny data may not have the counts for it)."""
-    student.context_prior = None
     held_symbols = encode_images(student, held.images, device)
-    factorised = LatentCoder(student)
-    before = float(np.mean([len(factorised.encode(s)) for s in held_symbols])) if len(held) else float("nan")
-    prior = ContextPrior.fit(encode_images(student, train.images, device))
-    student.context_prior = prior
-    in_context = LatentCoder(student)
-    after = float(np.mean([len(in_context.encode(s)) for s in held_symbols])) if len(held) else float("nan")
+    student.context_prior = ContextPrior.fit(encode_images(student, train.images, device))
+    before, after = (LatentCoder(student, in_context=c).mean_bytes(held_symbols) if len(held) else float("nan")
+                     for c in (False, True))
     if not after < before:
         student.context_prior = None
     return {"heldout_bytes_factorised": before, "heldout_bytes_in_context": after,
