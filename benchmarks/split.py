@@ -14,8 +14,8 @@ student's top-1 >= the teacher's - 1 point, with at most 1/5 of the bytes JPEG o
 between measured qualities). With --test-images the rest of the test set is held back from every choice made on
 the subset, and the teacher and each student are also scored on it and on all images (the unbiased number). Also
 the device encoder's parameters and multiply-accumulates against the teacher's. Bytes are coded under each student's
-context prior when its file has one (--context-prior fits one for files written before it existed); the same latents'
-bytes under the factorised tables are reported beside them.
+context prior when its file has one (--context-prior fits one for files written before it existed or before its
+parents were chosen); the same latents' bytes under the factorised tables are reported beside them.
 Writes JSON and an accuracy-vs-bytes plot; prints tables.
 """
 from __future__ import annotations
@@ -152,11 +152,17 @@ def evaluate_student(student: Student, images, labels, dev) -> dict:
             "encode_ms_per_image_batched": enc_ms}
 
 
+def needs_context_prior(student: Student) -> bool:
+    """A student file written before the context prior existed, or with the first prior's fixed parents."""
+    return student.context_prior is None or student.context_prior.legacy
+
+
 def with_context_prior(path: Path, ds, dev) -> Path:
-    """A copy of a student file written before the context prior existed, with one fitted as training fits it
-    (cached beside it)."""
+    """A copy of a student file with a context prior fitted as training fits it now (cached beside it: a cached
+    copy whose prior has the first, fixed parents is fitted again)."""
     target = path.with_name(f"{path.stem}+ctx.safetensors")
-    if not target.exists():
+    cached = model_file.load_student(str(target))[0].context_prior if target.exists() else None
+    if not target.exists() or (cached is not None and cached.legacy):
         student, _ = model_file.load_student(str(path))
         train, held = split_holdout(ds, T.HOLDOUT, seed=0)
         record = T.fit_context_prior(student.to(dev), train, held, dev)
@@ -316,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-blocks", type=int, default=None,
                    help="residual blocks in the decoder at the latent's resolution (default 0)")
     p.add_argument("--context-prior", action="store_true",
-                   help="students whose files lack a context prior (written before it existed) get one fitted on "
-                        "the training images, saved beside them as <name>+ctx.safetensors")
+                   help="students whose files lack a context prior (written before it existed) or have the first "
+                        "prior's fixed parents get one fitted on the training images, saved beside them as "
+                        "<name>+ctx.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
@@ -457,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                                teacher_source=str(TEACHER), resume=True, loss2=loss2, seed=args.seed2)
             teacher.to(dev)
         student, model_id = model_file.load_student(str(path))
-        if args.context_prior and student.context_prior is None:
+        if args.context_prior and needs_context_prior(student):
             path = with_context_prior(path, training_data(), dev)
             student, model_id = model_file.load_student(str(path))
         student.to(dev)

@@ -11,7 +11,7 @@ from codec.errors import UserError
 from codec.features import model_file
 from codec.features import train as T
 from codec.features.codec import LatentCoder, StudentCodec
-from codec.features.context_prior import CONTEXTS, ContextPrior
+from codec.features.context_prior import ContextPrior, legacy_parents
 from codec.features.data import load_dataset, split_holdout
 
 from tests.students import train_tiny_models
@@ -70,9 +70,15 @@ def test_student_file_keeps_its_context_prior_and_refuses_damaged_tables(student
     assert loaded_id == new_id != model_id
     assert np.array_equal(again.context_prior.counts, student.context_prior.counts)
     assert list(again.context_prior.order) == list(student.context_prior.order)
+    assert np.array_equal(again.context_prior.parents, student.context_prior.parents)
     mf = model_file.load(path)
-    for key, bad in [("context_prior.counts", torch.zeros(4, CONTEXTS, 3, dtype=torch.int32)),
-                     ("context_prior.order", torch.tensor([0, 0, 1, 2], dtype=torch.int32))]:
+    order = student.context_prior.order
+    late = torch.tensor(np.full((4, 4, 3), [int(order[-1]), 0, 0]), dtype=torch.int32)     # the last-coded channel
+    for key, bad in [("context_prior.counts", torch.zeros(4, student.context_prior.contexts_per_channel, 3,
+                                                          dtype=torch.int32)),
+                     ("context_prior.order", torch.tensor([0, 0, 1, 2], dtype=torch.int32)),
+                     ("context_prior.parents", late),
+                     ("context_prior.radius", torch.tensor([9], dtype=torch.int32))]:
         model_file.save(tmp_path / "bad.safetensors", "student", mf.config, {**mf.tensors, key: bad})
         with pytest.raises(UserError, match="context prior"):
             model_file.load_student(str(tmp_path / "bad.safetensors"))
@@ -107,3 +113,38 @@ def test_version_1_files_of_whole_words_still_decode(student_file, tmp_path):
     with torch.no_grad():
         expected = student.classify_symbols(torch.from_numpy(symbols)).argmax(1).tolist()
     assert [p["class"] for p in out["predictions"]] == expected
+
+
+def test_fitting_picks_parents_that_carry_the_structure():
+    """Channel 1 repeats channel 0 one row down, channel 2 is noise: channel 1's first parent is channel 0 at
+    dy = -1 (if channel 0 is coded first), channel 2 gets none, and every parent is decoded before its child."""
+    rng = np.random.default_rng(2)
+    s = rng.integers(-2, 3, size=(3000, 3, 6, 6))
+    s[:, 1, 1:] = s[:, 0, :-1]
+    prior = ContextPrior.fit(s)
+    first, second = (int(c) for c in prior.order[:2])
+    used = [tuple(p) for p in prior.parents[second].tolist() if p[0] != -1]
+    assert {first, second} == {0, 1}
+    assert (first, -1 if second == 1 else 1, 0) in used
+    assert all(p[0] == -1 for p in prior.parents[2].tolist())
+    rebuilt = ContextPrior.from_tensors(prior.tensors(), 3)
+    assert np.array_equal(rebuilt.contexts(s[:5]), prior.contexts(s[:5]))
+
+
+def test_files_from_before_parent_lists_code_with_the_first_priors_fixed_parents(student_file):
+    """Legacy tables (no parents tensor, radius 3): contexts are (channel before, the one before it, left)."""
+    student, _ = model_file.load_student(str(student_file))
+    c = student.latent_shape[0]
+    order = np.array([2, 0, 3, 1])
+    counts = np.random.default_rng(3).integers(1, 1000, size=(c, 8 ** 3, 6))
+    prior = ContextPrior.from_tensors({"context_prior.order": torch.tensor(order, dtype=torch.int32),
+                                       "context_prior.min_symbol": torch.tensor([-2], dtype=torch.int32),
+                                       "context_prior.counts": torch.tensor(counts, dtype=torch.int32)}, c)
+    assert prior.radius == 3 and np.array_equal(prior.parents, legacy_parents(order))
+    s = correlated_latents(3)
+    b = lambda v: np.clip(v, -3, 3) + 3
+    expected = (b(s[:, 3]) * 8 + b(s[:, 0])) * 8 + np.concatenate([np.full((3, 4, 1), 7), b(s[:, 1, :, :-1])], 2)
+    assert np.array_equal(prior.contexts(s)[:, 1], expected)            # channel 1, coded last
+    student.context_prior = prior
+    coder = LatentCoder(student)
+    assert all(np.array_equal(coder.decode(coder.encode(x)), x) for x in s)

@@ -184,6 +184,19 @@ def test_with_context_prior_fits_a_copy_once_and_evaluation_reports_both_codings
     assert {"heldout_bytes_factorised", "heldout_bytes_in_context", "context_prior"} <= set(record)
     stamp = copy.stat().st_mtime_ns
     assert B.with_context_prior(plain, ds, torch.device("cpu")) == copy and copy.stat().st_mtime_ns == stamp
+    # a cached copy whose prior has the first prior's fixed parents (no parents tensor) is fitted again
+    old, _ = model_file.load_student(str(copy))
+    c = old.latent_shape[0]
+    old.context_prior = ContextPrior.from_tensors({
+        "context_prior.order": torch.arange(c, dtype=torch.int32),
+        "context_prior.min_symbol": torch.tensor([-1], dtype=torch.int32),
+        "context_prior.counts": torch.ones(c, 8 ** 3, 4, dtype=torch.int32)}, c)
+    assert old.context_prior.legacy and B.needs_context_prior(old)
+    model_file.save_student(copy, old, model_file.load(copy).meta)
+    stamp = copy.stat().st_mtime_ns
+    assert B.with_context_prior(plain, ds, torch.device("cpu")) == copy and copy.stat().st_mtime_ns != stamp
+    refit = model_file.load_student(str(copy))[0].context_prior
+    assert refit is None or not refit.legacy
     fitted, _ = model_file.load_student(str(copy))
     fitted.context_prior = ContextPrior.fit(np.random.default_rng(0).integers(-1, 2, (200, 4, 4, 4)))
     row = B.evaluate_student(fitted, ds.images[:40], ds.labels[:40], torch.device("cpu"))

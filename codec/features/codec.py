@@ -20,7 +20,6 @@ from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
 from codec.device import pick_device
 from codec.errors import UserError
-from codec.features.context_prior import CONTEXTS
 from codec.features.data import expand_inputs, load_images, to_float
 from codec.features.model_file import load_student
 from codec.features.student import Student
@@ -87,7 +86,7 @@ class LatentCoder:
 
     def _encode_in_context(self, enc: RangeEncoder, symbols: np.ndarray) -> None:
         prior = self.prior
-        rows = prior.contexts(symbols) + np.arange(self.shape[0])[:, None, None] * CONTEXTS
+        rows = prior.contexts(symbols) + np.arange(self.shape[0])[:, None, None] * prior.contexts_per_channel
         entries, order = prior.entries(symbols), prior.order
         if not np.any(entries == prior.escape):       # the usual case: one call, the same stream as column by column
             enc.encode(entries[order].transpose(0, 2, 1), self.rows.pick(rows[order].transpose(0, 2, 1).ravel()))
@@ -103,11 +102,11 @@ class LatentCoder:
         prior = self.prior
         c, h, w = self.shape
         out = np.zeros(self.shape, np.int64)
-        for i, ch in enumerate(prior.order):
-            base = prior.channel_contexts(out, i) + ch * CONTEXTS
-            for x in range(w):
-                left = prior.left_context(out[ch, :, x - 1] if x else None, h)
-                entries = dec.decode(self.rows.pick(base[:, x] + left), h)
+        for ch in prior.order:
+            base = prior.channel_contexts(out, ch, own=False) + ch * prior.contexts_per_channel
+            for x in range(w):         # the own channel's parents lie in the columns to the left: decoded by now
+                own = prior.channel_contexts(out, ch, own=True)[:, x]
+                entries = dec.decode(self.rows.pick(base[:, x] + own), h)
                 values = entries.astype(np.int64) + prior.min_symbol
                 escaped = entries == prior.escape
                 if escaped.any():

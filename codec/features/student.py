@@ -17,7 +17,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import GDN, ResidualBlock
 
 from codec.errors import UserError
-from codec.features.context_prior import KEYS as CONTEXT_KEYS
+from codec.features.context_prior import ALL_KEYS as CONTEXT_KEYS
 from codec.features.context_prior import ContextPrior
 from codec.features.teacher import STAGES, CifarResNet, stage_stride
 
