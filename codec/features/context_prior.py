@@ -24,7 +24,8 @@ import torch
 
 RADIUS = 2                      # a parent's value is bucketed to [-2, 2]: farther values tell little more
 MAX_RADIUS = 3                  # files from before the parent lists used 3
-PARENTS = 4                     # parents per channel (unused ones are channel -1)
+PARENTS = 4                     # parents per channel
+UNUSED = (-1, 0, 0)             # an unused parent slot: always the "none" bucket
 OFFSETS = ((0, 0), (0, -1), (0, 1), (-1, 0), (1, 0))     # where a parent may sit in a channel coded earlier
 OWN_OFFSETS = ((0, -1), (-1, -1), (1, -1))              # ... and in the symbol's own channel (the column to the left)
 MIN_GAIN = 0.005                # a parent joins only if it shortens the held-back latents by 0.5%
@@ -34,6 +35,52 @@ PRIOR_WEIGHT = 4.0              # pseudo-counts of the channel's marginal in eve
 KEYS = ("context_prior.order", "context_prior.min_symbol", "context_prior.counts")
 PARENT_KEYS = ("context_prior.parents", "context_prior.radius")
 ALL_KEYS = KEYS + PARENT_KEYS
+
+
+def _entries(symbols: np.ndarray, min_symbol: int, escape: int) -> np.ndarray:
+    """Table entry of each symbol: its offset in the support, or the escape."""
+    t = symbols.astype(np.int64) - min_symbol
+    return np.where((t < 0) | (t >= escape), escape, t)
+
+
+def _entropy(entry: np.ndarray, k: int) -> float:
+    p = np.bincount(entry.ravel(), minlength=k) / max(1, entry.size)
+    return -float(np.sum(p[p > 0] * np.log2(p[p > 0])))
+
+
+def _parent_values(decoded: np.ndarray, parent, radius: int) -> np.ndarray:
+    """A parent's bucket at every position of latents [..., C, h, w]: "none" where it falls off the latent."""
+    ch, dy, dx = (int(v) for v in parent)
+    h, w = decoded.shape[-2:]
+    out = np.full(decoded.shape[:-3] + (h, w), 2 * radius + 1, np.int64)
+    if ch < 0:
+        return out
+    src = decoded[..., ch, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+    out[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)] = np.clip(src, -radius, radius) + radius
+    return out
+
+
+def _choose_parents(values: dict[tuple, np.ndarray], entry: np.ndarray, held: np.ndarray, k: int) -> np.ndarray:
+    """Up to PARENTS of the candidates (their buckets in `values`) for one channel's entries [N, h, w], greedily:
+    each time the one that codes the held-back latents in the fewest bits, while it saves at least MIN_GAIN."""
+    buckets = 2 * RADIUS + 2
+    fit_e, check_e = entry[~held].ravel(), entry[held].ravel()
+    chosen, ctx = [], np.zeros(entry.shape, np.int64)
+    best = _code_length(ctx[~held].ravel(), fit_e, ctx[held].ravel(), check_e, 1, k)
+    while len(chosen) < min(PARENTS, len(values)):
+        n = buckets ** (len(chosen) + 1)
+        trials = []
+        for p, v in values.items():
+            if p not in chosen:
+                trial = ctx * buckets + v
+                trials.append((_code_length(trial[~held].ravel(), fit_e, trial[held].ravel(), check_e, n, k), p))
+        bits, parent = min(trials)
+        if bits > (1 - MIN_GAIN) * best:
+            break
+        chosen.append(parent)
+        ctx, best = ctx * buckets + values[parent], bits
+    # unused slots first: the chosen parents keep the place values they were scored with
+    return np.array([UNUSED] * (PARENTS - len(chosen)) + chosen, np.int64).reshape(PARENTS, 3)
 
 
 def _code_length(ctx: np.ndarray, entry: np.ndarray, check_ctx: np.ndarray, check_entry: np.ndarray,
@@ -67,18 +114,6 @@ class ContextPrior:
         self.escape = self.counts.shape[2] - 1
 
     # ---- contexts
-    def _parent_values(self, decoded: np.ndarray, parent) -> np.ndarray:
-        """A parent's bucket at every position of latents [..., C, h, w]: none where it is off the latent."""
-        ch, dy, dx = (int(v) for v in parent)
-        h, w = decoded.shape[-2:]
-        out = np.full(decoded.shape[:-3] + (h, w), self.buckets - 1, np.int64)
-        if ch < 0:
-            return out
-        src = decoded[..., ch, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-        out[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)] = \
-            np.minimum(np.maximum(src, -self.radius), self.radius) + self.radius
-        return out
-
     def channel_contexts(self, decoded: np.ndarray, ch: int, own: bool | None = None) -> np.ndarray:
         """Context index of every position of channel ch [..., h, w] from the latents decoded so far. own=False
         sums only the parents in other channels (known before the channel starts), own=True only those in its own
@@ -87,7 +122,7 @@ class ContextPrior:
         for parent in self.parents[ch]:
             ctx *= self.buckets
             if own is None or own == (parent[0] == ch):
-                ctx += self._parent_values(decoded, parent)
+                ctx += _parent_values(decoded, parent, self.radius)
             # a parent left out of this part still takes its place value: the other part adds it
         return ctx
 
@@ -97,8 +132,7 @@ class ContextPrior:
 
     def entries(self, symbols: np.ndarray) -> np.ndarray:
         """Table entry of each symbol: its offset in the support, or the escape."""
-        t = symbols.astype(np.int64) - self.min_symbol
-        return np.where((t < 0) | (t >= self.escape), self.escape, t)
+        return _entries(symbols, self.min_symbol, self.escape)
 
     # ---- fitting and storage
     @classmethod
@@ -110,55 +144,22 @@ class ContextPrior:
         lo = int(max(s.min(), -MAX_SUPPORT)) if s.size else 0
         hi = int(min(s.max(), MAX_SUPPORT)) if s.size else 0
         k = hi - lo + 2
-        blank = np.full((c, PARENTS, 3), [-1, 0, 0], np.int64)
-        probe = cls(np.arange(c), blank, RADIUS, lo, np.ones((c, 1, k), np.int64))
-        entry = probe.entries(s)
-        marginal_bits = []
-        for ch in range(c):
-            p = np.bincount(entry[:, ch].ravel(), minlength=k) / max(1, entry[:, ch].size)
-            marginal_bits.append(-float(np.sum(p[p > 0] * np.log2(p[p > 0]))))
-        order = np.argsort(-np.asarray(marginal_bits), kind="stable")
-        parents = blank.copy()
+        entry = _entries(s, lo, k - 1)
+        order = np.argsort([-_entropy(entry[:, ch], k) for ch in range(c)], kind="stable")
         held = np.arange(len(s)) % 5 == 4
+        parents = np.full((c, PARENTS, 3), UNUSED, np.int64)
         for i, ch in enumerate(order):
-            parents[ch] = probe._choose_parents(s, entry[:, ch], held, int(ch), order[:i], k)
-        prior = cls(order, parents, RADIUS, lo, np.ones((c, 1, k), np.int64))
+            candidates = [(int(b), dy, dx) for b in order[:i] for dy, dx in OFFSETS] + \
+                         [(int(ch), dy, dx) for dy, dx in OWN_OFFSETS]
+            values = {p: _parent_values(s, p, RADIUS) for p in candidates}
+            parents[ch] = _choose_parents(values, entry[:, ch], held, k)
+        n = (2 * RADIUS + 2) ** PARENTS
+        prior = cls(order, parents, RADIUS, lo, np.ones((c, n, k), np.int64))
         ctx = prior.contexts(s)
-        n = prior.contexts_per_channel
         counts = np.stack([np.bincount(ctx[:, ch].ravel() * k + entry[:, ch].ravel(), minlength=n * k).reshape(n, k)
                            for ch in range(c)]).astype(np.float64)
         prior.counts = np.maximum(1, np.round(_smoothed(counts) * ROW_TOTAL)).astype(np.int64)
         return prior
-
-    def _choose_parents(self, s: np.ndarray, entry: np.ndarray, held: np.ndarray, ch: int, before: np.ndarray,
-                        k: int) -> np.ndarray:
-        """Up to PARENTS parents for channel ch, greedily: each time the candidate that codes the held-back latents
-        in the fewest bits, while it saves at least MIN_GAIN."""
-        candidates = [(int(b), dy, dx) for b in before for dy, dx in OFFSETS] + [(ch, dy, dx) for dy, dx in OWN_OFFSETS]
-        values = {p: self._parent_values(s, p) for p in candidates}
-        fit_e, check_e = entry[~held].ravel(), entry[held].ravel()
-        chosen, ctx = [], np.zeros(entry.shape, np.int64)
-        best = _code_length(ctx[~held].ravel(), fit_e, ctx[held].ravel(), check_e, 1, k)
-        while len(chosen) < PARENTS:
-            n = self.buckets ** (len(chosen) + 1)
-            trials = []
-            for p in candidates:
-                if p in chosen:
-                    continue
-                trial = ctx * self.buckets + values[p]
-                trials.append((_code_length(trial[~held].ravel(), fit_e, trial[held].ravel(), check_e, n, k), p))
-            if not trials:
-                break
-            bits, parent = min(trials)
-            if bits > (1 - MIN_GAIN) * best:
-                break
-            chosen.append(parent)
-            ctx, best = ctx * self.buckets + values[parent], bits
-        out = np.full((PARENTS, 3), [-1, 0, 0], np.int64)
-        # unused parents first: a context's place values then match for any number of parents
-        if chosen:
-            out[PARENTS - len(chosen):] = chosen
-        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The model file's tensors (a legacy prior is written as it was read: without its implied parents)."""
@@ -202,7 +203,7 @@ class ContextPrior:
 
 def legacy_parents(order: np.ndarray) -> np.ndarray:
     """The first prior's parents: the two channels coded just before (same position), then the left neighbour."""
-    parents = np.full((len(order), 3, 3), [-1, 0, 0], np.int64)
+    parents = np.full((len(order), 3, 3), UNUSED, np.int64)
     for i, ch in enumerate(order):
         for slot, back in ((0, 1), (1, 2)):
             if i >= back:
