@@ -67,7 +67,7 @@ def _choose_parents(values: dict[tuple, np.ndarray], entry: np.ndarray, held: np
     fit_e, check_e = entry[~held].ravel(), entry[held].ravel()
     chosen, ctx = [], np.zeros(entry.shape, np.int64)
     best = _code_length(ctx[~held].ravel(), fit_e, ctx[held].ravel(), check_e, 1, k)
-    while len(chosen) < min(PARENTS, len(values)):
+    while held.any() and len(chosen) < min(PARENTS, len(values)):      # (too few latents to hold any back: none)
         n = buckets ** (len(chosen) + 1)
         trials = []
         for p, v in values.items():
