@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU session measures, as one prepared command per device call (see docs/GPU.md):
+# Everything a lent GPU session measures, as one prepared command per device call (see benchmarks/RESULTS.md):
 #
 #   bash benchmarks/device_prepare.sh                      # here, once: wheels in .whl/, data in .device/
 #   device run: bash benchmarks/device_run.sh video        # ~8.5 min: CUDA tests, HNeRV 1.5M Bunny, NIRVANA

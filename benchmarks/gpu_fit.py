@@ -21,61 +21,46 @@ import torch
 
 from bitstream.container import Reader
 from codec import registry
+from codec.api import encode_file
+from codec.base import decode_settings
 from codec.data import bundled_clip
 from codec.device import device_name, pick_device
 from codec.errors import UserError
 from codec.progress import print_table, write_json
-from codec.video.inr_codec import LoadedFile, render
 
 
-def decode_speed(path: str, device: torch.device, codec: str, batch_sizes=(8, 16, 32), repeats: int = 3) -> dict:
-    """Best frames/s over batch sizes: on the device only, and with the frames copied to host memory."""
-    if codec == "nirvana":
-        return nirvana_decode_speed(path, device, repeats)
-    loaded = LoadedFile(Reader.from_path(path), codec, device)
-    T = loaded.cfg.frames
+def decode_speed(path: str, device: torch.device, batch_sizes=(8, 16, 32), repeats: int = 3) -> dict:
+    """Best frames/s over batch sizes: the network alone on the device (`render`), and whole frames in host memory
+    as `ncodec decode` gets them (`frames`)."""
+    codec = registry.get(Reader.from_path(path).codec)
+    decoded = codec.open(Reader.from_path(path), codec.DecodeOptions(device=str(device)))
+    T = decoded.num_frames
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+
+    def on_device(bs):
+        with decode_settings(device), torch.inference_mode():
+            for _ in codec.render(decoded, 0, T, bs):
+                pass
+
+    def to_host(bs):
+        for _ in codec.frames(decoded, 0, T, bs):
+            pass
+
     best = {"decode_fps_device": 0.0, "decode_fps_host": 0.0}
     for bs in batch_sizes:
-        for _ in render(loaded, batch_size=bs):       # warm-up (cudnn plans, allocator)
-            pass
-        for key, to_host in (("decode_fps_device", False), ("decode_fps_host", True)):
+        on_device(bs)                                  # warm-up (cudnn plans, allocator)
+        for key, run_once in (("decode_fps_device", on_device), ("decode_fps_host", to_host)):
             times = []
             for _ in range(repeats):
                 sync()
                 t0 = time.perf_counter()
-                for batch in render(loaded, batch_size=bs):
-                    if to_host:
-                        batch.cpu()
+                run_once(bs)
                 sync()
                 times.append(time.perf_counter() - t0)
             fps = T / min(times)
             if fps > best[key]:
                 best[key] = fps
                 best[key.replace("fps", "batch")] = bs
-    return best
-
-
-def nirvana_decode_speed(path: str, device: torch.device, repeats: int = 3) -> dict:
-    """NIRVANA: the whole file, entropy decoding of every group included (chunks of groups per call are fixed)."""
-    from codec.video import nirvana
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
-    best = {}
-    for key, to_host in (("decode_fps_device", False), ("decode_fps_host", True)):
-        times = []
-        for _ in range(repeats + 1):                # the first pass is the warm-up
-            loaded = nirvana.LoadedFile(Reader.from_path(path), device)
-            sync()
-            t0 = time.perf_counter()
-            n = 0
-            for _, batch in loaded.render():
-                n += batch.shape[0]
-                if to_host:
-                    batch.cpu()
-            sync()
-            times.append(time.perf_counter() - t0)
-        best[key] = n / min(times[1:])
     return best
 
 
@@ -131,15 +116,18 @@ def run(args) -> int:
     rows = []
     for kind, value in schedules:
         tag = f"{args.codec}_{args.size}_{kind}{value:g}"
-        opts = {"device": str(device), "seed": 0, "json": True, "frames": args.frames, "crop": args.crop,
-                "epochs": value if kind == "epochs" else None, "max_time": value if kind == "max_time" else None,
-                "size": args.size, "bpp": None, "resume": False, "batch_size": args.batch_size, "lr": args.lr,
-                "qat_epochs": args.qat_epochs, "lmbda": args.lmbda, "group": args.group}
+        steps = value if kind == "epochs" else None
         if args.codec == "nirvana":     # per-group networks: --size is per group, --epochs steps per group
-            opts["size"] = None if args.size == "1.5M" else args.size
+            fit = {"steps_per_group": steps, "size": None if args.size == "1.5M" else args.size,
+                   "lmbda": args.lmbda, "latent_lr": args.lr, **({"group": args.group} if args.group else {})}
+        else:
+            fit = {"epochs": steps, "size": args.size, "batch_size": args.batch_size, "lr": args.lr,
+                   "qat_epochs": args.qat_epochs}
+        options = codec.Options(device=str(device), max_frames=args.frames, crop=args.crop,
+                                max_time=value if kind == "max_time" else None, **fit)
         ncb = out_dir / f"{tag}.ncb"
-        s = codec.encode([src], str(ncb), opts)
-        s.update(decode_speed(str(ncb), device, args.codec))
+        s = encode_file(codec, src, ncb, options)
+        s.update(decode_speed(str(ncb), device))
         if args.codec == "nirvana":     # "epochs" of a NIRVANA run: the steps of a later group (the first gets 4x)
             s["epochs"] = float(s["group_steps"][-1]) if s.get("group_steps") else float("nan")
         s.setdefault("epochs", float(value) if kind == "epochs" else float("nan"))

@@ -22,10 +22,13 @@ import time
 import numpy as np
 import torch
 
+from bitstream.container import Reader
+from codec.api import encode_file
 from codec.device import device_name, pick_device, seed_everything
 from codec.lossless.pc import circuit, model_file
 from codec.lossless.pc.codec import PCCodec
 from codec.lossless.pc.images import read_images
+from codec.lossless.pc.options import PCDecodeOptions, PCOptions
 from codec.progress import print_table, write_json
 
 
@@ -182,12 +185,12 @@ def main(argv=None) -> dict:
     rows = []
     devices = ["cpu"] + (["cuda"] if dev.type == "cuda" else [])
     for d in devices:
-        opts = {"model": model_path, "device": d, "pc_batch": args.pc_batch}
+        codec = PCCodec()
         ncb = os.path.join(args.out, f"{args.name}_{d}.ncb")
-        enc = PCCodec().encode([test_path], ncb, opts)
-        from bitstream.container import Reader
+        enc = encode_file(codec, test_path, ncb, PCOptions(model=model_path, device=d, pc_batch=args.pc_batch))
         back = os.path.join(args.out, f"{args.name}_{d}_decoded.npy")
-        dec = PCCodec().decode(Reader.from_path(ncb), back, opts)
+        options = PCDecodeOptions(model=model_path, device=d)
+        dec = codec.save(codec.open(Reader.from_path(ncb), options), back, options)
         ok = np.array_equal(np.load(back).reshape(test.shape), test)
         rows.append({"codec": f"pc HCLT M={pcm.latents} ({d})", "bits_per_dim": enc["bits_per_dim"], "lossless": ok,
                      "encode_img_s": enc["images_per_s"], "decode_img_s": dec["images_per_s"]})

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from benchmarks.bdrate import bd_rate
 from bitstream.container import Reader
-from codec import registry
+from codec import api
 from codec.data import bundled_clip
 from codec.errors import UserError
 from codec.progress import print_table, write_json
@@ -59,13 +59,6 @@ def scaled_clip(name: str, frames: int, height: int, width: int) -> tuple[np.nda
                           **({} if down else {"align_corners": False}))
     out = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     return out, clip.fps
-
-
-def base_opts(args, **kw) -> dict:
-    o = dict(device=args.device, seed=args.seed, json=True, frames=None, crop=None, epochs=None,
-             max_time=None, size=None, bpp=None, resume=False)
-    o.update(kw)
-    return o
 
 
 def budget(args, videos: int) -> dict:
@@ -97,8 +90,8 @@ def run_hnerv(args, names: list[str], paths: list[str]) -> list[dict]:
         videos = []
         for name, path in zip(names, paths):
             load0 = load_avg()
-            hn = registry.get("hnerv").encode([path], os.path.join(args.out, f"{name}.{size}.hnerv.ncb"),
-                                              base_opts(args, size=size, **budget(args, 1)))
+            hn = api.encode(path, os.path.join(args.out, f"{name}.{size}.hnerv.ncb"), codec="hnerv",
+                            device=args.device, seed=args.seed, size=size, **budget(args, 1))
             videos.append({"video": name, "psnr": hn["psnr"], "bytes": hn["bytes"], "params": hn["params"],
                            "fit_s": hn["fit_seconds"], "load": [load0, load_avg()]})
         points.append({"codec": "hnerv", "point": size, "videos": videos,
@@ -114,8 +107,8 @@ def run_pfnr(args, names: list[str], paths: list[str]) -> list[dict]:
         size, _, density = spec.partition(":")
         lib_path = os.path.join(args.out, f"library.{size}.{density}.ncb")
         load0 = load_avg()
-        pf = registry.get("pfnr").encode(paths, lib_path, base_opts(
-            args, size=size, density=float(density), lr=args.lr, **budget(args, len(paths))))
+        pf = api.encode(paths, lib_path, codec="pfnr", device=args.device, seed=args.seed, size=size,
+                        density=float(density), lr=args.lr, **budget(args, len(paths)))
         reader = Reader.from_path(lib_path)
         videos = []
         for name, v in zip(names, pf["videos"]):

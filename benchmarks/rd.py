@@ -25,6 +25,7 @@ from benchmarks.bdrate import bd_psnr, bd_rate, load_results
 from benchmarks.classical import encode_classical, parse_clip_spec, result_json
 from benchmarks.plot import plot_rd
 from codec import registry
+from codec.api import encode_file
 from codec.device import device_name, pick_device
 from codec.errors import UserError
 from codec.progress import print_table, write_json
@@ -42,10 +43,11 @@ def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, devic
     for size, lam in points:
         tag = size if lam is None else f"lambda{lam:g}"
         ncb = out_dir / f"{label}_{codec}_{tag}.ncb"
-        opts = {"device": device, "seed": 0, "json": True, "frames": frames, "crop": crop, "epochs": epochs,
-                "max_time": max_time, "size": size, "bpp": None, "resume": False, "batch_size": batch_size,
-                "lmbda": lam}
-        s = registry.get(codec).encode([src], str(ncb), opts)
+        c = registry.get(codec)
+        fit = ({"steps_per_group": epochs, "lmbda": lam} if codec == "nirvana" else
+               {"epochs": epochs, "size": size, "batch_size": batch_size})
+        options = c.Options(device=device, max_frames=frames, crop=crop, max_time=max_time, **fit)
+        s = encode_file(c, src, ncb, options)
         c = s.get("coding") or {}
         rows.append({"codec": codec, "size": tag, "params": s["params"], "bytes": s["bytes"], "bpp": s["bpp"],
                      "psnr": s["psnr"], "ms_ssim": s["ms_ssim"], "fit_seconds": s["fit_seconds"],

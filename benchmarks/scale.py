@@ -68,26 +68,26 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
-    from codec import distributed
+    from codec import api, registry
     from codec.progress import print_table, write_json
+    from codec.scale.clips import encode_many
+    from codec.scale.ray_tasks import ray_session
 
-    with tempfile.TemporaryDirectory(prefix="ncodec-scale-") as tmp, \
-            distributed.ray_session(args.ray_address) as ray:
+    codec = registry.get(args.codec)
+    options = api.encode_options(args.codec, device=args.device, epochs=args.epochs, size=args.size)
+    with tempfile.TemporaryDirectory(prefix="ncodec-scale-") as tmp, ray_session(args.ray_address) as ray:
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
         units = gpus if gpus and args.device != "cpu" else cpus
         counts = ([int(w) for w in args.workers.split(",")] if args.workers
                   else sorted({1, min(2, units), units}))
         clips = make_clips(tmp, args.clip, args.clips, args.clip_frames, args.crop)
-        base = dict(codec=args.codec, device=args.device, seed=0, json=False, frames=None, crop=None,
-                    epochs=args.epochs, max_time=None, size=args.size, bpp=None, resume=False,
-                    ray_address=args.ray_address, segment=None)
-        distributed.encode_many(clips[:1], os.path.join(tmp, "warmup"),
-                                {**base, "epochs": 1, "workers": max(counts)})
+        encode_many(codec, clips[:1], os.path.join(tmp, "warmup"), options.replace(epochs=1), max(counts),
+                    args.ray_address)
         rows = []
         for w in counts:
             t0 = time.perf_counter()
-            s = distributed.encode_many(clips, os.path.join(tmp, f"w{w}"), {**base, "workers": w})
+            s = encode_many(codec, clips, os.path.join(tmp, f"w{w}"), options, w, args.ray_address)
             dt = time.perf_counter() - t0
             rows.append({"workers": s["workers"], "clips": len(clips), "seconds": round(dt, 2),
                          "clips_per_minute": round(60 * len(clips) / dt, 2),

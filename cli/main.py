@@ -22,57 +22,55 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# options shared by every codec; codec classes add their own through Codec.encode_options / decode_options
+# options the CLI adds to every codec's own (codec/options.py builds those)
+
+SCALE_HELP = "Encode on Ray with N parallel tasks (several inputs, or --segment); needs ncodec[distributed]."
 
 
-def _common_encode_options() -> list[click.Option]:
-    return [
+def _encode_run_options(codec: str | None) -> list[click.Option]:
+    opts = [
         click.Option(["-o", "--output"], required=True, help="Output .ncb file (or folder with several inputs)."),
-        click.Option(["--codec"], required=True, help="Codec name (see `ncodec codecs`)."),
-        click.Option(["--device"], default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
-        click.Option(["--seed"], type=int, default=0, show_default=True, help="Random seed (fits are reproducible)."),
+        click.Option(["--codec"], required=True, help="Codec name (`ncodec codecs`); `--codec X --help` shows its "
+                                                      "options."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the summary as JSON."),
-        click.Option(["--frames"], type=int, default=None, help="Use only the first N frames."),
-        click.Option(["--crop"], default=None, help="Centre crop HxW, e.g. 640x1280."),
-        click.Option(["--model"], default=None, help="Learned model file the codec needs (pc, student)."),
-        click.Option(["--epochs"], type=int, default=None, help="Training epochs."),
-        click.Option(["--max-time"], type=float, default=None, help="Fitting budget in seconds; the file is finished after it."),
-        click.Option(["--size"], default=None, help="Model size in parameters: 0.35M, 0.75M, 1.5M, 3M or any number."),
-        click.Option(["--bpp"], type=float, default=None, help="Target bits per pixel (picks the size whose file lands at or under it)."),
-        click.Option(["--resume"], is_flag=True, help="Continue from the checkpoint beside the output."),
-        click.Option(["--workers"], type=int, default=None,
-                     help="Encode on Ray with N parallel tasks (several inputs, or --segment); needs ncodec[distributed]."),
+        click.Option(["--workers"], type=int, default=None, help=SCALE_HELP),
         click.Option(["--ray-address"], default=None, help="Join this Ray cluster instead of starting a local one."),
-        click.Option(["--segment"], type=int, default=None,
-                     help="Split one video into segments of N frames, fitted in parallel, stored in one file."),
     ]
+    if codec in SEGMENTABLE:
+        opts.append(click.Option(["--segment"], type=int, default=None,
+                                 help="Split one video into segments of N frames, fitted in parallel, stored in one "
+                                      "file."))
+    return opts
 
 
-def _common_decode_options() -> list[click.Option]:
+# the codecs whose Codec.segmentable is true, named here so that help needs no codec import (a test keeps them equal)
+SEGMENTABLE = {"nerv", "hnerv", "nervpp", "nirvana"}
+
+
+def _decode_run_options() -> list[click.Option]:
     return [
-        click.Option(["-o", "--output"], default=None, help="Output: .y4m, .mkv (FFV1), .mp4, a PNG folder, .npy, .json."),
-        click.Option(["--device"], default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
-        click.Option(["--model"], default=None, help="Learned model file the codec needs (pc, student)."),
+        click.Option(["-o", "--output"], default=None,
+                     help="Output: .y4m, .mkv (FFV1), .mp4, a PNG folder (video); a PNG folder or .npy (pc); "
+                          ".json (student)."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the summary as JSON."),
-        click.Option(["--frames"], default=None, help="Decode only frames A:B (from 0, B excluded)."),
         click.Option(["--workers"], type=int, default=None,
                      help="Decode the segments of a --segment file in parallel on Ray."),
         click.Option(["--ray-address"], default=None, help="Join this Ray cluster instead of starting a local one."),
     ]
 
 
-def _merge_options(common: list[click.Option], extra_attr: str) -> list[click.Option]:
-    """Common options first, then each codec's own; the first declaration of a name wins."""
+def _decode_codec_options() -> list[click.Option]:
+    """Every codec's decode options, each once (the file names the codec only once it is read)."""
+    from cli.options import click_options
     from codec import registry
 
-    seen = {o.name for o in common}
-    params = list(common)
-    for cls in registry.classes():
-        for opt in getattr(cls, extra_attr, []):
+    seen, out = set(), []
+    for name in registry.names():
+        for opt in click_options(registry.decode_options(name)):
             if opt.name not in seen:
                 seen.add(opt.name)
-                params.append(opt)
-    return params
+                out.append(opt)
+    return out
 
 
 def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -81,7 +79,9 @@ def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(to_json(summary))
         return
-    rows = [{"field": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))]
+    # lists, dicts and arrays (per-frame values) print as tables of their own or go to --json only
+    rows = [{"field": k, "value": v} for k, v in summary.items()
+            if not isinstance(v, (list, dict)) and not hasattr(v, "shape")]
     print_table(rows, ["field", "value"], title=title)
     _print_item_tables(summary)
 
@@ -101,22 +101,42 @@ def _check_output_writable(path: str) -> None:
         raise UserError(f"output folder {parent} does not exist")
 
 
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # commands
 
 
 class NcodecGroup(click.Group):
-    """Builds `encode`/`decode` lazily so that codec modules (torch) load only when they are needed."""
+    """Builds `encode`/`decode` when they are called: `encode` from the --codec it is given, so its help and its
+    flags are that codec's; nothing imports torch before a command needs it."""
+
+    def resolve_command(self, ctx, args):
+        self._args = list(args)
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx, name):
         if name == "encode":
-            return _encode_command()
+            return _encode_command(_codec_in(getattr(self, "_args", [])))
         if name == "decode":
             return _decode_command()
         return super().get_command(ctx, name)
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | {"encode", "decode"})
+
+
+def _codec_in(args: list[str]) -> str | None:
+    """The value of --codec in the arguments, if any."""
+    for i, a in enumerate(args):
+        if a == "--codec" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--codec="):
+            return a.split("=", 1)[1]
+    return None
 
 
 @click.group(cls=NcodecGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,63 +149,73 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
-def _encode_command() -> click.Command:
-    def run(inputs, **opts):
-        from codec import registry
+def _encode_command(codec_name: str | None) -> click.Command:
+    from cli.options import click_options, given
+    from codec import registry
+
+    options_cls = registry.options(codec_name) if codec_name in registry.CODECS else None
+
+    def run(inputs, codec, output, as_json, workers, ray_address, segment=None, **values):
+        from codec import api
 
         if not inputs:
             raise UserError("encode needs at least one input")
-        codec = registry.get(opts["codec"])
-        _check_output_writable(opts["output"])
-        if opts.get("frames") is not None and opts["frames"] <= 0:
-            raise UserError(f"--frames must be positive, got {opts['frames']}")
-        if opts.get("max_time") is not None and opts["max_time"] <= 0:
-            raise UserError(f"--max-time must be positive, got {opts['max_time']}")
-        if opts.get("epochs") is not None and opts["epochs"] <= 0:
-            raise UserError(f"--epochs must be positive, got {opts['epochs']}")
-        if opts.get("bpp") is not None and opts["bpp"] <= 0:
-            raise UserError(f"--bpp must be positive, got {opts['bpp']}")
-        for key in ("workers", "segment"):
-            if opts.get(key) is not None and opts[key] <= 0:
-                raise UserError(f"--{key} must be positive, got {opts[key]}")
-        opts["json"] = opts.pop("as_json")
-        many_in_one = getattr(codec, "takes_many_inputs", False)
-        if many_in_one and opts.get("workers") is not None:
-            raise UserError(f"--workers does not apply to {codec.name}: all inputs go into one file")
-        several = len(inputs) > 1 and not many_in_one
-        if opts.get("segment") is not None:
+        if options_cls is None:
+            registry.get(codec)                      # the one-line "unknown codec" error
+        _check_output_writable(output)
+        _positive("--workers", workers)
+        _positive("--segment", segment)
+        options = options_cls.from_kwargs(given(values, options_cls), codec)
+        c = registry.get(codec)
+        if c.many_inputs and workers is not None:
+            raise UserError(f"--workers does not apply to {codec}: all inputs go into one file")
+        if segment is not None:
             if len(inputs) != 1:
                 raise UserError("--segment splits one video: give exactly one input")
-            from codec import distributed
-            summary = distributed.encode_segmented(inputs[0], opts["output"], opts)
-        elif opts.get("workers") is not None or several:
-            from codec import distributed
-            summary = distributed.encode_many(list(inputs), opts["output"], opts)
+            from codec.scale import segments
+            summary = segments.encode_segmented(c, inputs[0], output, options, segment, workers, ray_address)
+        elif workers is not None or (len(inputs) > 1 and not c.many_inputs):
+            from codec.scale import clips
+            summary = clips.encode_many(c, list(inputs), output, options, workers, ray_address)
         else:
-            summary = codec.encode(list(inputs), opts["output"], opts)
-        _report(summary, opts["json"], f"ncodec encode ({codec.name})")
+            summary = api.encode_file(c, list(inputs) if c.many_inputs else inputs[0], output, options)
+        _report(summary, as_json, f"ncodec encode ({codec})")
 
-    params = [click.Argument(["inputs"], nargs=-1)] + _merge_options(_common_encode_options(), "encode_options")
-    return click.Command("encode", callback=run, params=params,
+    params = [click.Argument(["inputs"], nargs=-1)] + _encode_run_options(codec_name)
+    if options_cls is not None:
+        params += click_options(options_cls)
+    epilog = None if options_cls else "Options of a codec: ncodec encode --codec NAME --help (`ncodec codecs`)."
+    return click.Command("encode", callback=run, params=params, epilog=epilog,
                          help="Encode INPUTS into a .ncb file with --codec.")
 
 
 def _decode_command() -> click.Command:
-    def run(bitstream_file, **opts):
+    def run(bitstream_file, output, as_json, workers, ray_address, **values):
         from bitstream.container import Reader
+        from cli.options import given
         from codec import registry
 
         reader = Reader.from_path(bitstream_file)
+        if output:
+            _check_output_writable(output)
+        _positive("--workers", workers)
         codec = registry.get(reader.codec)
-        if opts.get("output"):
-            _check_output_writable(opts["output"])
-        opts["json"] = opts.pop("as_json")
-        if opts.get("workers") is not None and opts["workers"] <= 0:
-            raise UserError(f"--workers must be positive, got {opts['workers']}")
-        summary = registry.decode_file(reader, opts.get("output"), opts)
-        _report(summary, opts["json"], f"ncodec decode ({codec.name})")
+        options_cls = registry.decode_options(reader.codec)
+        typed = {k: v for k, v in values.items() if v is not None}
+        wrong = sorted(set(typed) - set(given(typed, options_cls)))
+        if wrong:
+            raise UserError(f"--{wrong[0].replace('_', '-')} does not apply to a {reader.codec} file")
+        options = options_cls.from_kwargs(typed, reader.codec)
+        codec.check_output(output)
+        decoded = codec.open(reader, options)
+        if workers is not None:
+            from codec.scale import segments
+            summary = segments.decode_parallel(codec, decoded, output, options, workers, ray_address)
+        else:
+            summary = codec.save(decoded, output, options)
+        _report(summary, as_json, f"ncodec decode ({codec.name})")
 
-    params = [click.Argument(["bitstream_file"])] + _merge_options(_common_decode_options(), "decode_options")
+    params = [click.Argument(["bitstream_file"])] + _decode_run_options() + _decode_codec_options()
     return click.Command("decode", callback=run, params=params,
                          help="Decode a .ncb file (the codec is read from the file).")
 
@@ -195,22 +225,10 @@ def _decode_command() -> click.Command:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(bitstream_file, as_json):
     """Show a .ncb file's codec, header and sections with their sizes."""
-    from bitstream.container import Reader
-    from codec import registry
+    from codec import api
     from codec.progress import print_table, to_json
 
-    reader = Reader.from_path(bitstream_file)
-    summary: dict[str, Any] = {
-        "file": bitstream_file,
-        "bytes": reader.file_size,
-        "format": "%d.%d" % tuple(reader.format_version),
-        "codec": reader.codec,
-        "codec_version": reader.codec_version,
-        "header": dict(reader.header),
-        "sections": [{"name": s.name, "bytes": s.length, "required": s.required, "crc32": f"{s.crc32:08x}"}
-                     for s in reader.sections],
-    }
-    summary.update(registry.file_info(reader))
+    summary = api.info(bitstream_file)
     if as_json:
         click.echo(to_json(summary))
         return
@@ -221,33 +239,35 @@ def info(bitstream_file, as_json):
     _print_item_tables(summary, skip=("sections",))
 
 
-@cli.command()
-@click.argument("library")
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--frames", type=int, default=None, help="Use only the first N frames of each input.")
-@click.option("--crop", default=None, help="Centre crop HxW.")
-@click.option("--epochs", type=int, default=None, help="Training epochs for the new session.")
-@click.option("--max-time", type=float, default=None, help="Fitting budget in seconds.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def append(library, inputs, **opts):
-    """Add INPUTS to an existing LIBRARY file (PFNR) without refitting what it holds."""
-    from bitstream.container import Reader
-    from codec import registry
+def _append_command() -> click.Command:
+    from cli.options import click_options, given
+    from codec.video.options import PFNROptions
 
-    reader = Reader.from_path(library)
-    codec = registry.get(reader.codec)
-    opts["json"] = opts.pop("as_json")
-    summary = codec.append(library, list(inputs), opts)
-    _report(summary, opts["json"], f"ncodec append ({codec.name})")
+    def run(library, inputs, as_json, **values):
+        from bitstream.container import Reader
+        from codec import registry
+
+        reader = Reader.from_path(library)
+        codec = registry.get(reader.codec)
+        if not hasattr(codec, "append"):
+            raise UserError(f"{library} is a {reader.codec!r} file: only pfnr libraries can be appended to")
+        options = PFNROptions.from_kwargs(given(values, PFNROptions), codec.name)
+        summary = codec.append(library, list(inputs), options)
+        _report(summary, as_json, f"ncodec append ({codec.name})")
+
+    library_fields = {"size", "density", "weight_bits", "lr", "batch_size"}     # fixed by the library
+    params = [click.Argument(["library"]), click.Argument(["inputs"], nargs=-1, required=True),
+              click.Option(["--json", "as_json"], is_flag=True, help="Print the summary as JSON.")]
+    params += click_options(PFNROptions, skip=library_fields)
+    return click.Command("append", callback=run, params=params,
+                         help="Add INPUTS to an existing LIBRARY file (PFNR) without refitting what it holds.")
 
 
 @cli.command(name="eval")
 @click.argument("reference")
 @click.argument("decoded")
 @click.option("--bitstream", "bitstream_file", default=None, help="The .ncb (or any file) whose size gives bpp.")
-@click.option("--frames", type=int, default=None, help="Compare only the first N frames.")
+@click.option("--max-frames", "frames", type=int, default=None, help="Compare only the first N frames.")
 @click.option("--crop", default=None, help="Centre crop HxW applied to the reference (as at encode time).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def eval_(reference, decoded, bitstream_file, frames, crop, as_json):
@@ -272,12 +292,14 @@ def eval_(reference, decoded, bitstream_file, frames, crop, as_json):
 
 @cli.command()
 def codecs():
-    """List the registered codecs."""
+    """List the codecs."""
     from codec import registry
     from codec.progress import print_table
 
-    rows = [{"codec": c.name, "kind": c.kind, "version": c.version, "description": c.description}
-            for c in registry.classes()]
+    rows = []
+    for name in registry.names():
+        c = registry.get(name)
+        rows.append({"codec": c.name, "kind": c.kind, "version": c.version, "description": c.description})
     print_table(rows, ["codec", "kind", "version", "description"])
 
 
@@ -319,6 +341,7 @@ def _attach_optional_commands() -> None:
 
 
 _attach_optional_commands()
+cli.add_command(_append_command(), "append")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, BitstreamError) as e:
         if debug:
             raise
+        if getattr(e, "rows", None):        # a scale-out run that partly failed: what was written
+            from codec.progress import print_table
+            print_table(e.rows, ["file", "bpp", "psnr", "fit_seconds", "worker", "status"], title="written")
         kind = "invalid bitstream" if isinstance(e, BitstreamError) else "error"
         click.echo(f"ncodec: {kind}: {_one_line(str(e))}", err=True)
         return EXIT_USAGE

@@ -267,9 +267,9 @@ def demo(out_dir, count, beta, port, device, retrain, as_json):
     _positive("images", count)
     _check_port(port)
     from codec.device import pick_device
-    from codec.features.train import cpu_threads, threads_for
+    from codec.features.train import thread_limit
 
-    with cpu_threads(threads_for(pick_device(device), 8)):      # digits: tiny per-image work, one thread is fastest
+    with thread_limit(pick_device(device), 8):      # digits: tiny per-image work, one thread is fastest
         summary = run_demo(out_dir, count, beta, port, device, retrain, as_json)
     _report(summary, as_json, "ncodec split demo")
 

@@ -1,4 +1,4 @@
-"""Device choice, mixed precision and compile switches, seeding: one place for every codec."""
+"""Device choice, CPU threads, mixed precision and compile switches, seeding: one place for every codec."""
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +39,43 @@ def device_name(device: torch.device) -> str:
     import platform
     proc = platform.processor() or platform.machine()
     return f"CPU {proc} x{os.cpu_count()}"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none (tests replace this reader)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def cpu_threads(limit: int | None = None) -> int:
+    """Threads for CPU work: `limit` (default: torch's current setting), or 1 if the machine is already oversubscribed.
+
+    With the 1-minute load average at or above the core count, OpenMP's threads wait on each other at every
+    parallel region while the scheduler runs other jobs, and two threads measured 6x slower per step than one on a
+    loaded 2-core machine (docs/INR.md). NCODEC_THREADS=N forces N."""
+    forced = os.environ.get("NCODEC_THREADS")
+    if forced:
+        return max(1, int(forced))
+    n = max(1, limit if limit is not None else torch.get_num_threads())
+    load = _load_average()
+    return 1 if n > 1 and load is not None and load >= (os.cpu_count() or n) else n
+
+
+@contextlib.contextmanager
+def cpu_thread_limit(device: torch.device, limit: int | None = None):
+    """Run a block with cpu_threads(limit) threads if `device` is the CPU; torch's setting is restored after.
+
+    `limit` caps the count for work too small to share (e.g. 1 for tiny models, whose per-op work is less than an
+    OpenMP hand-off)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(before if limit is None else min(limit, before)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -6,16 +6,15 @@ has the targets' shape. A loss name or callable compares the two.
 
 Design for speed on a GPU: every frame stays resident on the device as uint8 (converted per batch), several
 frames per step, bf16 autocast and channels_last on CUDA, torch.compile there, a fused Adam, and no host
-synchronisation per step (the bar's PSNR is read back every `log_every` steps). On a CPU the same loop runs eagerly
-in float32. The learning rate follows linear warm-up then cosine to zero over the run, where the run's progress is
-the larger of steps/total steps and seconds/--max-time, so a time budget ends with a fully annealed model.
+synchronisation per step (the PSNR is read back every `log_every` steps, for the bar and `on_progress`). On a CPU
+the same loop runs eagerly in float32, on cpu_threads() threads, re-chosen every THREAD_CHECK_EVERY seconds as the
+machine's load changes. The learning rate follows linear warm-up then cosine to zero over the run
+(codec.schedule.warmup_cosine), where the run's progress is the larger of steps/total steps and seconds/--max-time,
+so a time budget ends with a fully annealed model.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,12 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bitstream.atomic import write_atomic
-from codec.device import autocast, maybe_compile, pick_device, use_channels_last
+from codec.checkpoint import Checkpoint
+from codec.device import autocast, cpu_threads, maybe_compile, pick_device, use_channels_last
 from codec.errors import UserError
 from codec.progress import progress
+from codec.schedule import set_lr, warmup_cosine
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+THREAD_CHECK_EVERY = 30.0                # seconds of fitting between re-choices of the CPU thread count
 
 
 @dataclass
@@ -47,11 +48,15 @@ class FitConfig:
     compile: bool | None = None          # None: on for CUDA, off for CPU
     seed: int = 0
     log_every: int = 25                  # steps between PSNR read-backs (each one is a host sync)
-    checkpoint: str | None = None        # path prefix: <prefix>.safetensors + <prefix>.json
+    checkpoint: str | None = None        # path prefix: the state goes to <prefix>.safetensors (codec.checkpoint)
     checkpoint_every: float = 300.0      # seconds between checkpoints (one is always written at the end)
     resume: bool = False
     fingerprint: dict = field(default_factory=dict)   # what a checkpoint must match to be resumed
     desc: str = "fit"
+    show_bar: bool = True                # the local progress bar (on_progress is called either way)
+    # called at every PSNR read-back and once at the end with {"desc", "step", "total_steps", "epoch", "epochs",
+    # "psnr", "elapsed", "steps_per_s", "done"}; total_steps and epochs are None for a run bounded by time alone
+    on_progress: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -86,43 +91,6 @@ def make_loss(loss: str | LossFn) -> LossFn:
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def lr_factor(progress_: float, warmup: float) -> float:
-    """Linear warm-up from 0.1 to 1 over the first `warmup` of the run, then cosine to 0."""
-    p = min(max(progress_, 0.0), 1.0)
-    if warmup > 0 and p < warmup:
-        return 0.1 + 0.9 * p / warmup
-    return 0.5 * (1 + math.cos(math.pi * (p - warmup) / max(1e-9, 1 - warmup)))
-
-
-def cpu_threads() -> int:
-    """Threads for a CPU fit: all of torch's, unless the machine is already oversubscribed.
-
-    With the 1-minute load average at or above the core count, OpenMP's threads wait on each other at every
-    parallel region while the scheduler runs other jobs, and two threads measured 6x slower per step than one on a
-    loaded 2-core machine (docs/INR.md). NCODEC_THREADS=N forces N."""
-    forced = os.environ.get("NCODEC_THREADS")
-    if forced:
-        return max(1, int(forced))
-    n = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return n
-    return 1 if n > 1 and load >= (os.cpu_count() or n) else n
-
-
-@contextlib.contextmanager
-def cpu_thread_limit(device: torch.device):
-    """Run a CPU block with cpu_threads() threads, restoring torch's setting after."""
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def frames_to_device(frames: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> uint8 [T, 3, H, W] resident on `device` (4x smaller than float)."""
     t = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
@@ -146,76 +114,6 @@ def epoch_order(num_frames: int, batch_size: int, seed: int, epoch: int) -> torc
     if extra:
         perm = torch.cat([perm, perm[:extra]])
     return perm.view(steps, batch_size)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# checkpoints: tensors in safetensors, everything else in a JSON sidecar (nothing pickled)
-
-
-def _ckpt_paths(prefix: str) -> tuple[str, str]:
-    return prefix + ".safetensors", prefix + ".json"
-
-
-def save_checkpoint(prefix: str, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    state = opt.state_dict()
-    for i, s in state["state"].items():
-        for k, v in s.items():
-            tensors[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().to("cpu").contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    st_path, js_path = _ckpt_paths(prefix)
-    write_atomic(st_path, save(tensors))
-    write_atomic(js_path, json.dumps({**meta, "param_groups": groups}, indent=1).encode())
-
-
-def load_checkpoint(prefix: str, model: nn.Module, opt: torch.optim.Optimizer, fingerprint: dict) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    st_path, js_path = _ckpt_paths(prefix)
-    if not (os.path.exists(st_path) and os.path.exists(js_path)):
-        raise UserError(f"--resume: no checkpoint at {st_path}")
-    try:
-        with open(js_path, "rb") as f:
-            meta = json.loads(f.read())
-        with open(st_path, "rb") as f:
-            tensors = load(f.read())
-    except (ValueError, SafetensorError) as e:
-        raise UserError(f"--resume: checkpoint {st_path} is damaged ({e})") from None
-    if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-        raise UserError(f"--resume: checkpoint {st_path} was made for another model, clip or options "
-                        f"(delete it or run without --resume)")
-    model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(model_sd, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"--resume: checkpoint {st_path} does not fit the model ({str(e).splitlines()[0]})") from None
-    ostate: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            ostate.setdefault(int(i), {})[name] = v
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": ostate, "param_groups": groups})
-    return meta
-
-
-def checkpoint_exists(prefix: str) -> bool:
-    return all(os.path.exists(p) for p in _ckpt_paths(prefix))
-
-
-def remove_checkpoint(prefix: str) -> None:
-    for p in _ckpt_paths(prefix):
-        if os.path.exists(p):
-            os.remove(p)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
@@ -252,20 +150,38 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
     loss_fn = make_loss(cfg.loss)
     run = maybe_compile(model, device, cfg.compile)
 
+    ckpt = (Checkpoint(cfg.checkpoint, cfg.fingerprint, every=cfg.checkpoint_every, what="model, clip or options")
+            if cfg.checkpoint else None)
     step, elapsed_before, history = 0, 0.0, []
-    if cfg.resume and cfg.checkpoint:
-        meta = load_checkpoint(cfg.checkpoint, model, opt, cfg.fingerprint)
+    if cfg.resume and ckpt is not None:
+        saved = ckpt.load()
+        if saved is None:
+            raise UserError(f"--resume: no checkpoint at {ckpt.path}")
+        try:
+            model.load_state_dict(saved.model, strict=True)
+        except RuntimeError as e:
+            raise UserError(f"--resume: checkpoint {ckpt.path} does not fit the model "
+                            f"({str(e).splitlines()[0]})") from None
+        opt.load_state_dict(saved.optimizer)
+        meta = saved.meta
         step, elapsed_before, history = int(meta["step"]), float(meta["elapsed"]), list(meta.get("history", []))
+    first_step = step
 
-    def ckpt_meta(elapsed: float) -> dict:
-        return {"step": step, "epoch": step / steps_per_epoch, "elapsed": elapsed, "seed": cfg.seed,
-                "fingerprint": cfg.fingerprint, "history": history}
+    def save(elapsed: float) -> None:
+        ckpt.save(model, opt, {"step": step, "epoch": step / steps_per_epoch, "elapsed": elapsed, "seed": cfg.seed,
+                               "history": history})
+
+    def report(psnr: float, steps_per_s: float, done: bool) -> None:
+        if cfg.on_progress is not None:
+            cfg.on_progress({"desc": cfg.desc, "step": step, "total_steps": total_steps,
+                             "epoch": step / steps_per_epoch, "epochs": cfg.epochs, "psnr": psnr,
+                             "elapsed": elapsed(), "steps_per_s": steps_per_s, "done": done})
 
     by_time = total_steps is None
     bar = progress(total=(int(math.ceil(cfg.max_time)) if by_time else total_steps), desc=cfg.desc,
-                   unit="s" if by_time else "step", initial=(int(elapsed_before) if by_time else step))
+                   unit="s" if by_time else "step", initial=(int(elapsed_before) if by_time else step),
+                   disable=None if cfg.show_bar else True)
     start = time.perf_counter()
-    last_ckpt = start
     mse_acc = torch.zeros((), device=device)
     mse_n, psnr, stopped_by = 0, float("nan"), "epochs"
     log_t, log_step = start, step
@@ -274,9 +190,8 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start
 
-    threads_before = torch.get_num_threads()
-    if not cuda:
-        torch.set_num_threads(cpu_threads())
+    on_cpu = device.type == "cpu"
+    threads_before, threads_checked = torch.get_num_threads(), -math.inf
     try:
         while True:
             e = elapsed()
@@ -285,14 +200,18 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
             if cfg.max_time is not None and e >= cfg.max_time:
                 stopped_by = "max_time"
                 break
+            if on_cpu and e - threads_checked >= THREAD_CHECK_EVERY:
+                # other jobs come and go during a long fit: re-apply the rule to the caller's thread count
+                n = cpu_threads(threads_before)
+                if n != torch.get_num_threads():
+                    torch.set_num_threads(n)
+                threads_checked = e
             epoch, i = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(T, bs, cfg.seed, epoch).to(device), epoch
             idx = order[i]
             p = max(step / total_steps if total_steps else 0.0, e / cfg.max_time if cfg.max_time else 0.0)
-            lr = cfg.lr * lr_factor(p, cfg.warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            set_lr(opt, cfg.lr * warmup_cosine(p, 1.0, cfg.warmup))
 
             target = batch_to_float(data, idx, channels_last)
             with autocast(device, cfg.amp):
@@ -318,9 +237,9 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
                                 "seconds": round(elapsed(), 3), "psnr": round(psnr, 3)})
                 bar.set_postfix(psnr=f"{psnr:.2f}", steps_s=f"{rate:.1f}", epoch=f"{step / steps_per_epoch:.1f}",
                                 refresh=False)
-                if cfg.checkpoint and now - last_ckpt >= cfg.checkpoint_every:
-                    save_checkpoint(cfg.checkpoint, model, opt, ckpt_meta(elapsed()))
-                    last_ckpt = now
+                report(psnr, rate, done=False)
+                if ckpt is not None and ckpt.due():
+                    save(elapsed())
             if by_time:
                 if step % cfg.log_every == 0:
                     bar.n = min(int(elapsed()), bar.total)
@@ -328,8 +247,8 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
             else:
                 bar.update(1)
     except KeyboardInterrupt:
-        if cfg.checkpoint:
-            save_checkpoint(cfg.checkpoint, model, opt, ckpt_meta(elapsed()))
+        if ckpt is not None:
+            save(elapsed())
         bar.close()
         raise
     finally:
@@ -340,16 +259,9 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
         psnr = psnr_from_mse(mse_acc.item() / mse_n)
     seconds = elapsed()
     bar.close()
-    if cfg.checkpoint:
-        save_checkpoint(cfg.checkpoint, model, opt, ckpt_meta(seconds))
+    if ckpt is not None:
+        save(seconds)
+    report(psnr, (step - first_step) / max(time.perf_counter() - start, 1e-9), done=True)
     model.eval()
     return FitResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, psnr=psnr,
                      device=str(device), history=history, stopped_by=stopped_by)
-
-
-def device_frames_psnr(reference: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
-    """Per-frame RGB PSNR (peak 255) of uint8 [N, ...] tensors, computed on their device in float64."""
-    diff = reference.to(torch.float64) - decoded.to(torch.float64)
-    mse = diff.pow(2).flatten(1).mean(1)
-    return torch.where(mse > 0, 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-30)),
-                       torch.full_like(mse, float("inf")))

@@ -52,6 +52,8 @@ def print_table(rows: Sequence[dict], columns: Sequence[str] | None = None, titl
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):                # header fields such as a model's sha256
+        return v.hex()
     if hasattr(v, "tolist"):
         return v.tolist()
     if isinstance(v, dict):

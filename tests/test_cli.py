@@ -129,7 +129,8 @@ def test_encode_decode_through_the_cli(capsys, tiny_hnerv, tmp_path):
     ["--crop", "banana"],
     ["--size", "0"],
     ["--size", "-3M"],
-    ["--frames", "0"],
+    ["--max-frames", "0"],
+    ["--frames", "4"],              # decode's A:B; encode takes --max-frames
     ["--max-time", "-1"],
     ["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"],
 ])

@@ -11,6 +11,7 @@ from codec.errors import UserError
 from codec.features import model_file
 from codec.features import train as T
 from codec.features.codec import LatentCoder, StudentCodec
+from codec.features.options import StudentDecodeOptions
 from codec.features.context_prior import ContextPrior, legacy_parents
 from codec.features.data import load_dataset, split_holdout
 
@@ -108,8 +109,8 @@ def test_version_1_files_of_whole_words_still_decode(student_file, tmp_path):
         body.bytes_(stream)
     writer.add_section("latents", body.getvalue())
     writer.write(tmp_path / "v1.ncb")
-    out = StudentCodec().decode(Reader.from_path(tmp_path / "v1.ncb"), None,
-                                {"model": str(student_file), "device": "cpu", "json": True})
+    codec, options = StudentCodec(), StudentDecodeOptions(model=str(student_file), device="cpu")
+    out = codec.save(codec.open(Reader.from_path(tmp_path / "v1.ncb"), options), None, options)
     with torch.no_grad():
         expected = student.classify_symbols(torch.from_numpy(symbols)).argmax(1).tolist()
     assert [p["class"] for p in out["predictions"]] == expected

@@ -1,11 +1,15 @@
-"""The shared INR fitting loop: it improves, it stops on time, it resumes, it is reproducible."""
+"""The shared INR fitting loop: it improves, it stops on time, it resumes, it is reproducible, it reports."""
 import math
+import os
 
 import pytest
 import torch
 
 from codec.errors import UserError
-from codec.fit import FitConfig, checkpoint_exists, epoch_order, fit, lr_factor
+import codec.device
+import codec.fit
+from codec.fit import FitConfig, epoch_order, fit
+from codec.schedule import warmup_cosine
 from codec.video.hnerv import HNeRV, hnerv_config
 from tests.videos import moving_gradients
 
@@ -66,7 +70,7 @@ def test_resume_continues_a_checkpoint(clip, tmp_path):
     fp = {"what": "tiny"}
     a = tiny_model(seed=1)
     fit(a, clip, FitConfig(epochs=2, device="cpu", checkpoint=prefix, fingerprint=fp))
-    assert checkpoint_exists(prefix)
+    assert os.path.exists(prefix + ".safetensors")
     # a fresh model (other init) resumed with the same budget does no step and ends as the checkpoint
     b = tiny_model(seed=2)
     res = fit(b, clip, FitConfig(epochs=2, device="cpu", checkpoint=prefix, fingerprint=fp, resume=True))
@@ -82,18 +86,68 @@ def test_resume_continues_a_checkpoint(clip, tmp_path):
 
 
 def test_schedule_and_order():
-    assert lr_factor(0.0, 0.1) == pytest.approx(0.1)
-    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(0.0, 1.0, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(0.1, 1.0, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(1.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
     order = epoch_order(5, 2, seed=0, epoch=3)
     assert order.shape == (3, 2) and set(order.flatten().tolist()) == set(range(5))
     assert torch.equal(order, epoch_order(5, 2, seed=0, epoch=3))
 
 
 def test_cpu_threads_override(monkeypatch):
-    from codec.fit import cpu_threads
+    from codec.device import cpu_threads
 
     monkeypatch.setenv("NCODEC_THREADS", "3")
     assert cpu_threads() == 3
     monkeypatch.delenv("NCODEC_THREADS")
     assert 1 <= cpu_threads() <= torch.get_num_threads()
+    monkeypatch.setattr(codec.device, "_load_average", lambda: 1e9)      # oversubscribed: one thread
+    assert cpu_threads(4) == 1
+    monkeypatch.setattr(codec.device, "_load_average", lambda: 0.0)
+    assert cpu_threads(4) == 4
+    monkeypatch.setattr(codec.device, "_load_average", lambda: None)     # no load average on this platform
+    assert cpu_threads(4) == 4
+
+
+def test_fit_rechecks_threads_and_restores_them(clip, monkeypatch):
+    """The machine gets busy, then idle again, during a fit: the loop follows, and the caller's count comes back."""
+    monkeypatch.delenv("NCODEC_THREADS", raising=False)
+    monkeypatch.setattr(codec.fit, "THREAD_CHECK_EVERY", 0.0)             # re-check before every step
+    load = {"now": 0.0}
+    monkeypatch.setattr(codec.device, "_load_average", lambda: load["now"])
+    seen = []
+
+    def on_progress(info):
+        seen.append(torch.get_num_threads())
+        load["now"] = 1e9 if len(seen) == 1 else 0.0       # busy after the first read-back, idle after the second
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(tiny_model(), clip, FitConfig(epochs=2, device="cpu", log_every=1, show_bar=False,
+                                          on_progress=on_progress))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen[:3] == [2, 1, 2], seen
+
+
+def test_on_progress_reports_every_read_back_and_the_end(clip):
+    reports = []
+    res = fit(tiny_model(), clip, FitConfig(epochs=3, device="cpu", log_every=2, desc="tiny", show_bar=False,
+                                            on_progress=reports.append))
+    assert [r["step"] for r in reports] == [2, 4, 6, 6] and [r["done"] for r in reports] == [False] * 3 + [True]
+    last = reports[-1]
+    assert last["desc"] == "tiny" and last["total_steps"] == 6 and last["epochs"] == 3 and last["epoch"] == 3
+    assert last["psnr"] == res.psnr and last["elapsed"] > 0 and last["steps_per_s"] > 0
+    # a run bounded by time alone has no step total
+    timed = []
+    fit(tiny_model(), clip, FitConfig(max_time=0.2, device="cpu", show_bar=False, on_progress=timed.append))
+    assert timed[-1]["done"] and timed[-1]["total_steps"] is None and timed[-1]["epochs"] is None
+
+
+@pytest.mark.parametrize("show_bar", [True, False])
+def test_show_bar_turns_the_local_bar_off(clip, capsys, monkeypatch, show_bar):
+    monkeypatch.setenv("NCODEC_PROGRESS", "1")                           # a bar even without a terminal
+    fit(tiny_model(), clip, FitConfig(epochs=1, device="cpu", desc="tinyfit", show_bar=show_bar))
+    assert ("tinyfit" in capsys.readouterr().err) == show_bar

@@ -24,14 +24,6 @@ DECODES = [pytest.param(name, i, id=f"{name}-{'_'.join(d['args']) or 'all'}-{d.g
            for name, f in FILES.items() for i, d in enumerate(f["decodes"])]
 
 
-def _info_param(name: str):
-    status = FILES[name]["info"].get("info_json_at_commit", "ok")
-    if status == "ok":
-        return pytest.param(name, id=name)
-    return pytest.param(name, id=name, marks=pytest.mark.xfail(
-        strict=False, reason=f"`ncodec info --json` on this file at {EXPECTED['commit'][:7]}: {status}"))
-
-
 def _cli(capsys, *args) -> str:
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -116,7 +108,7 @@ def test_fixture_container_fields(name):
             for s in r.sections] == want["sections"]
 
 
-@pytest.mark.parametrize("name", [_info_param(n) for n in FILES])
+@pytest.mark.parametrize("name", list(FILES))
 def test_fixture_info_json(name, capsys):
     want = FILES[name]["info"]
     got = json.loads(_cli(capsys, "info", FIXTURES / FILES[name]["file"], "--json"))

@@ -11,9 +11,9 @@ import torch
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from codec import registry
+from codec.api import encode_file
 from codec.errors import UserError
 from codec.video import metrics
-from codec.video.inr_codec import LoadedFile, render
 from codec.video.io import read_video
 from tests.videos import write_clip_file
 
@@ -21,11 +21,16 @@ T, H, W = 6, 32, 48
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def opts(**kw):
-    base = dict(device="cpu", seed=0, json=False, frames=None, crop=None, epochs=3, max_time=None, size="60k",
-                bpp=None, resume=False)
-    base.update(kw)
-    return base
+def encode(codec, source, out, **kw):
+    c = registry.get(codec)
+    options = c.Options(**{"device": "cpu", "epochs": 3, "size": "60k", **kw})
+    return encode_file(c, source, out, options)
+
+
+def frames(path, codec="hnerv", start=0, stop=None, batch_size=None):
+    c = registry.get(codec)
+    decoded = c.open(Reader.from_path(path), c.DecodeOptions(device="cpu"))
+    return np.concatenate(list(c.frames(decoded, start, stop, batch_size))), decoded
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def clip_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hnerv_file(clip_path, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("enc") / "clip.ncb")
-    summary = registry.get("hnerv").encode([clip_path], out, opts())
+    summary = encode("hnerv", clip_path, out)
     return out, summary
 
 
@@ -59,11 +64,11 @@ def test_round_trip_in_a_fresh_process(hnerv_file, clip_path, tmp_path):
 
 def test_decoding_twice_is_identical_and_frames_are_random_access(hnerv_file):
     path, _ = hnerv_file
-    a = torch.cat(list(render(LoadedFile(Reader.from_path(path), "hnerv", torch.device("cpu")))))
-    b = torch.cat(list(render(LoadedFile(Reader.from_path(path), "hnerv", torch.device("cpu")), batch_size=4)))
-    assert torch.equal(a, b)
-    part = torch.cat(list(render(LoadedFile(Reader.from_path(path), "hnerv", torch.device("cpu")), 2, 5)))
-    assert torch.equal(part, a[2:5])
+    a = frames(path)[0]
+    b = frames(path, batch_size=4)[0]
+    assert np.array_equal(a, b)
+    part = frames(path, start=2, stop=5)[0]
+    assert np.array_equal(part, a[2:5])
 
 
 def test_info_lists_the_model(hnerv_file):
@@ -75,9 +80,8 @@ def test_info_lists_the_model(hnerv_file):
 
 def test_nerv_with_pruning_and_qat_round_trips(clip_path, tmp_path):
     out = str(tmp_path / "n.ncb")
-    s = registry.get("nerv").encode([clip_path], out, opts(size="80k", epochs=2, prune=0.3, qat_epochs=1))
-    loaded = LoadedFile(Reader.from_path(out), "nerv", torch.device("cpu"))
-    decoded = torch.cat(list(render(loaded))).numpy()
+    s = encode("nerv", clip_path, out, size="80k", epochs=2, prune=0.3, qat_epochs=1)
+    decoded, loaded = frames(out, "nerv")
     original = read_video(clip_path).frames
     assert metrics.psnr(original, decoded)[0] == pytest.approx(s["psnr"], abs=1e-9)
     # the pruned share of the prunable weights really is zero in the decoded network
@@ -89,7 +93,7 @@ def test_nerv_with_pruning_and_qat_round_trips(clip_path, tmp_path):
 def test_bpp_target_is_met(clip_path, tmp_path):
     out = str(tmp_path / "b.ncb")
     target = 70.0                                   # a 32x48x6 clip needs many bits per pixel
-    s = registry.get("hnerv").encode([clip_path], out, opts(size=None, bpp=target, epochs=1))
+    s = encode("hnerv", clip_path, out, size=None, bpp=target, epochs=1)
     assert s["bpp"] <= target
     assert s["bpp"] > 0.5 * target                  # and the budget is used, not wasted
 
@@ -100,22 +104,23 @@ def test_bad_inputs(clip_path, tmp_path, hnerv_file):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
     with pytest.raises(UserError):
-        codec.encode([str(bad)], out, opts())
+        encode("hnerv", str(bad), out)
     with pytest.raises(UserError):
-        codec.encode([clip_path], out, opts(crop="64x64"))
+        encode("hnerv", clip_path, out, crop="64x64")
     with pytest.raises(UserError):
-        codec.encode([clip_path], out, opts(size="0"))
+        encode("hnerv", clip_path, out, size="0")
     with pytest.raises(UserError):
-        codec.encode([clip_path], out, opts(size="-5k"))
+        encode("hnerv", clip_path, out, size="-5k")
+    cpu = codec.DecodeOptions(device="cpu")
     # a file of another codec
     w = Writer("nerv", 1, {"kind": "video", "width": W, "height": H, "frames": T, "fps_num": 25, "fps_den": 1,
                            "pix_fmt": "rgb24"})
     w.add_section("config", b"{}")
     w.add_section("weights", b"")
     with pytest.raises(BitstreamError):
-        codec.decode(Reader.from_bytes(w.to_bytes()), None, {"device": "cpu"})
+        codec.open(Reader.from_bytes(w.to_bytes()), cpu)
     with pytest.raises(BitstreamError):
-        registry.get("nerv").decode(Reader.from_bytes(w.to_bytes()), None, {"device": "cpu"})
+        registry.get("nerv").open(Reader.from_bytes(w.to_bytes()), cpu)
     # a corrupted weights section
     path, _ = hnerv_file
     data = bytearray(open(path, "rb").read())
@@ -123,7 +128,7 @@ def test_bad_inputs(clip_path, tmp_path, hnerv_file):
     sec = next(s for s in reader.sections if s.name == "weights")
     data[sec.offset + sec.length // 2] ^= 0xFF
     with pytest.raises(BitstreamError):
-        codec.decode(Reader.from_bytes(bytes(data)), None, {"device": "cpu"})
+        codec.open(Reader.from_bytes(bytes(data)), cpu)
 
 
 def test_weights_round_trip_is_the_quantiser_exactly():

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-import codec.video.nervpp  # noqa: F401  (registers the codec before the lead adds it to the registry)
 from cli.main import main
 from codec.video import metrics
 from codec.video.io import read_video, write_video

@@ -9,12 +9,15 @@ import torch
 import codec.video.nirvana as nirvana
 from bitstream.container import Reader
 from cli.main import main
+from codec.api import encode_file
 from codec.video import metrics
 from codec.video.io import read_video
+from codec.video.options import NirvanaOptions
 from tests.videos import write_clip_file
 
 T, H, W, G = 10, 32, 48, 4        # 10 frames in groups of 4: the last group holds 2
-FAST = ["--codec", "nirvana", "--device", "cpu", "--group", str(G), "--epochs", "3", "--size", "3k", "--patch", "16"]
+FAST = ["--codec", "nirvana", "--device", "cpu", "--group", str(G), "--steps-per-group", "3", "--size", "3k",
+        "--patch", "16"]
 
 
 def run_cli(args, capsys):
@@ -24,9 +27,14 @@ def run_cli(args, capsys):
 
 
 def decode_frames(path, frames=None):
-    loaded = nirvana.LoadedFile(Reader.from_path(path), torch.device("cpu"))
-    parts = [b for _, b in loaded.render(*(frames or (0, loaded.cfg.frames)))]
-    return torch.cat(parts).numpy(), loaded
+    codec = nirvana.NirvanaCodec()
+    loaded = codec.open(Reader.from_path(path), codec.DecodeOptions(device="cpu"))
+    return np.concatenate(list(codec.frames(loaded, *(frames or (0, loaded.num_frames))))), loaded
+
+
+def encode(clip_path, out, **options):
+    return encode_file(nirvana.NirvanaCodec(), clip_path, out, NirvanaOptions(device="cpu", size="3k", group=G,
+                                                                                **options))
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +56,17 @@ def test_cli_round_trip_and_psnr(clip_path, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["groups"] == 3 and len(summary["group_bits"]) == 3
-    assert summary["group_steps"] == [12, 3, 3]       # --epochs 3: steps per later group, 4x for the first
+    assert summary["group_steps"] == [12, 3, 3]       # steps per later group, 4x for the first
     assert summary["bytes"] == len(open(out, "rb").read())
     dec = str(tmp_path / "d.mkv")
     code, stdout, err = run_cli(["decode", out, "-o", dec, "--json"], capsys)
     assert code == 0, err
-    assert json.loads(stdout)["frames"] == T
+    assert json.loads(stdout)["frames"] == T and json.loads(stdout)["groups_read"] == [0, 1, 2]
     decoded, original = read_video(dec).frames, read_video(clip_path).frames
     assert decoded.shape == original.shape == (T, H, W, 3)          # 10 frames, not a multiple of 4
-    assert metrics.psnr(original, decoded)[0] == pytest.approx(summary["psnr"], abs=1e-9)
+    mean, per_frame = metrics.psnr(original, decoded)
+    assert mean == pytest.approx(summary["psnr"], abs=1e-9)
+    assert summary["group_psnr"] == [round(float(per_frame[a:a + G].mean()), 3) for a in range(0, T, G)]
     info = Reader.from_path(out)
     assert info.names("group/") == ["group/0", "group/1", "group/2"]
 
@@ -105,9 +115,7 @@ def test_group_starts_from_previous_group(clip_path, tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(nirvana, "fit", spy)
-    opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=3, max_time=None, size="3k", bpp=None,
-                resume=False, group=G)
-    nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / "s.ncb"), opts)
+    encode(clip_path, tmp_path / "s.ncb", steps_per_group=3)
     assert len(seen) == 3
     for k in (1, 2):
         init_k, final_prev = seen[k][0], seen[k - 1][1]
@@ -118,9 +126,7 @@ def test_group_starts_from_previous_group(clip_path, tmp_path, monkeypatch):
 def test_higher_lambda_gives_smaller_file(clip_path, tmp_path):
     sizes = []
     for lam in (0.0, 1.0):
-        opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=4, max_time=None, size="3k", bpp=None,
-                    resume=False, group=G, lmbda=lam)
-        sizes.append(nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / f"{lam}.ncb"), opts)["bytes"])
+        sizes.append(encode(clip_path, tmp_path / f"{lam}.ncb", steps_per_group=4, lmbda=lam)["bytes"])
     assert sizes[1] < sizes[0]
 
 
@@ -143,9 +149,7 @@ def test_bad_frame_range(encoded, capsys, frames):
 
 
 def test_bpp_target_steers_lambda(clip_path, tmp_path):
-    opts = dict(device="cpu", seed=0, frames=None, crop=None, epochs=2, max_time=None, size="3k", bpp=0.5,
-                resume=False, group=G)
-    s = nirvana.NirvanaCodec().encode([clip_path], str(tmp_path / "b.ncb"), opts)
+    s = encode(clip_path, tmp_path / "b.ncb", steps_per_group=2, bpp=0.5)
     lams = s["group_lambda"]
     assert lams[0] == nirvana.DEFAULT_LAMBDA and lams[1] > lams[0]    # over budget after group 0: rate costs more
 

@@ -10,11 +10,14 @@ from PIL import Image
 
 from bitstream.container import Reader
 from bitstream.errors import BitstreamError
+import ncodec
 from cli.pc import train_pc
+from codec.api import encode_file
 from codec.errors import UserError
 from codec.lossless.pc import model_file
 from codec.lossless.pc.codec import PCCodec
 from codec.lossless.pc.images import read_images, write_images
+from codec.lossless.pc.options import PCDecodeOptions, PCOptions
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +37,30 @@ def work(tmp_path_factory):
     return d, test
 
 
-def _opts(model, **kw):
-    return {"model": str(model), "device": "cpu", "pc_batch": 25, **kw}
+def encode(source, output, model, **kw):
+    """The encoder's summary of `source` coded into `output` with `model`."""
+    return encode_file(PCCodec(), source, str(output), PCOptions(model=str(model), device="cpu", pc_batch=25, **kw))
+
+
+def decode(reader, output, model):
+    """Decode a file (path or Reader) into `output` with `model`, as `ncodec decode` does; the save summary."""
+    codec = PCCodec()
+    options = PCDecodeOptions(model=str(model), device="cpu")
+    reader = reader if isinstance(reader, Reader) else Reader.from_path(reader)
+    return codec.save(codec.open(reader, options), str(output), options)
 
 
 def test_train_encode_decode_npy_round_trip(work):
     d, test = work
-    s = PCCodec().encode([str(d / "test.npy")], str(d / "t.ncb"), _opts(d / "m.pcm"))
+    s = encode([str(d / "test.npy")], d / "t.ncb", d / "m.pcm")
     assert s["images"] == len(test) and 0 < s["bits_per_dim"] < 8
+    assert s["bytes"] == (d / "t.ncb").stat().st_size and s["bits_per_dim"] == s["bytes"] * 8 / test.size
     assert s["ideal_bits_per_dim"] <= s["payload_bits_per_dim"] <= s["bits_per_dim"]
     reader = Reader.from_path(d / "t.ncb")
     assert reader.codec == "pc" and reader.header["kind"] == "images"
     assert reader.header["model_sha256"].hex() == model_file.load_model(d / "m.pcm").sha256
-    PCCodec().decode(reader, str(d / "out.npy"), _opts(d / "m.pcm"))
+    s = decode(reader, d / "out.npy", d / "m.pcm")
+    assert s["format"] == "npy" and s["images"] == len(test)
     out = np.load(d / "out.npy")
     assert out.shape == test.shape and out.dtype == np.uint8 and np.array_equal(out, test)
 
@@ -57,8 +71,8 @@ def test_png_folder_and_idx_inputs(work):
     folder.mkdir()
     for i, a in enumerate(test[:5]):
         Image.fromarray(a).save(folder / f"img_{i}.png")
-    PCCodec().encode([str(folder)], str(d / "p.ncb"), _opts(d / "m.pcm"))
-    PCCodec().decode(Reader.from_path(d / "p.ncb"), str(d / "back"), _opts(d / "m.pcm"))
+    encode([str(folder)], d / "p.ncb", d / "m.pcm")
+    decode(d / "p.ncb", d / "back", d / "m.pcm")
     assert sorted(os.listdir(d / "back")) == [f"img_{i}.png" for i in range(5)]
     for i in range(5):
         assert np.array_equal(np.asarray(Image.open(d / "back" / f"img_{i}.png")), test[i])
@@ -67,6 +81,25 @@ def test_png_folder_and_idx_inputs(work):
     (d / "t-idx3-ubyte").write_bytes(idx)
     assert np.array_equal(read_images([str(d / "t-idx3-ubyte.gz")]).pixels[..., 0], test)
     assert np.array_equal(read_images([str(d / "t-idx3-ubyte")]).pixels[..., 0], test)
+
+
+def test_python_api_arrays_in_and_out(work, tmp_path):
+    """ncodec.encode takes a uint8 array [N, H, W] or [N, H, W, 1]; ncodec.decode gives it back in that shape."""
+    d, test = work
+    s = ncodec.encode(test, tmp_path / "a.ncb", codec="pc", model=str(d / "m.pcm"), device="cpu", pc_batch=25)
+    assert s["file"] == str(tmp_path / "a.ncb") and s["bytes"] == (tmp_path / "a.ncb").stat().st_size
+    back = ncodec.decode(tmp_path / "a.ncb", model=str(d / "m.pcm"), device="cpu")
+    assert back.dtype == np.uint8 and np.array_equal(back, test)
+    encode(str(d / "test.npy"), tmp_path / "n.ncb", d / "m.pcm")        # the same images from a file: same bytes
+    assert (tmp_path / "a.ncb").read_bytes() == (tmp_path / "n.ncb").read_bytes()
+    ncodec.encode(test[..., None], tmp_path / "b.ncb", codec="pc", model=str(d / "m.pcm"), device="cpu")
+    assert np.array_equal(ncodec.decode(tmp_path / "b.ncb", model=str(d / "m.pcm"), device="cpu"), test[..., None])
+    with pytest.raises(UserError, match="uint8"):
+        ncodec.encode(test.astype(np.float32), tmp_path / "c.ncb", codec="pc", model=str(d / "m.pcm"))
+    with pytest.raises(UserError, match="decode needs -o"):
+        decode(tmp_path / "a.ncb", "", d / "m.pcm")
+    with pytest.raises(UserError, match="needs --model"):
+        ncodec.decode(tmp_path / "a.ncb", device="cpu")
 
 
 def test_write_images_rgb_folder(tmp_path):
@@ -79,10 +112,10 @@ def test_wrong_image_shape_is_refused(work, tmp_path):
     d, _ = work
     np.save(tmp_path / "big.npy", np.zeros((2, 9, 8), np.uint8))
     with pytest.raises(UserError, match="model codes 8x8x1"):
-        PCCodec().encode([str(tmp_path / "big.npy")], str(tmp_path / "o.ncb"), _opts(d / "m.pcm"))
+        encode([str(tmp_path / "big.npy")], tmp_path / "o.ncb", d / "m.pcm")
     np.save(tmp_path / "rgb.npy", np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(UserError, match="8x8x3"):
-        PCCodec().encode([str(tmp_path / "rgb.npy")], str(tmp_path / "o.ncb"), _opts(d / "m.pcm"))
+        encode([str(tmp_path / "rgb.npy")], tmp_path / "o.ncb", d / "m.pcm")
     np.save(tmp_path / "f.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(UserError, match="uint8"):
         read_images([str(tmp_path / "f.npy")])
@@ -98,7 +131,7 @@ def test_bad_model_files_are_refused(work, tmp_path):
     with pytest.raises(UserError, match="not an ncodec pc model"):
         model_file.load_model(tmp_path / "other.pcm")
     with pytest.raises(UserError, match="needs --model"):
-        PCCodec().encode([str(d / "test.npy")], str(tmp_path / "o.ncb"), {"model": None, "device": "cpu"})
+        ncodec.encode(str(d / "test.npy"), tmp_path / "o.ncb", codec="pc", device="cpu")
     good = model_file.load_model(d / "m.pcm")
     good.parent = good.parent.copy()
     good.parent[good.parent == -1] = 0 if good.parent[0] != -1 else 1  # a cycle, no root
@@ -109,22 +142,22 @@ def test_bad_model_files_are_refused(work, tmp_path):
 
 def test_decoding_with_another_model_is_refused(work, tmp_path):
     d, _ = work
-    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    encode([str(d / "test.npy")], tmp_path / "t.ncb", d / "m.pcm")
     other = model_file.load_model(d / "m.pcm")
     other.meta = {"note": "same numbers, other file"}
     model_file.save_model(other, tmp_path / "other.pcm")
     with pytest.raises(UserError, match="not the model this file was coded with"):
-        PCCodec().decode(Reader.from_path(tmp_path / "t.ncb"), str(tmp_path / "o.npy"), _opts(tmp_path / "other.pcm"))
+        decode(tmp_path / "t.ncb", tmp_path / "o.npy", tmp_path / "other.pcm")
 
 
 def test_damaged_payload_is_a_bitstream_error(work, tmp_path):
     d, _ = work
-    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    encode([str(d / "test.npy")], tmp_path / "t.ncb", d / "m.pcm")
     raw = bytearray((tmp_path / "t.ncb").read_bytes())
     raw[-3] ^= 0xFF
     (tmp_path / "bad.ncb").write_bytes(bytes(raw))
     with pytest.raises(BitstreamError):
-        PCCodec().decode(Reader.from_path(tmp_path / "bad.ncb"), str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+        decode(tmp_path / "bad.ncb", tmp_path / "o.npy", d / "m.pcm")
     assert not (tmp_path / "o.npy").exists()
 
 
@@ -152,7 +185,7 @@ def test_header_claiming_more_images_than_the_payload_holds(work, tmp_path):
     w.add_section("pixels", b"\x00" * 8)
     w.write(tmp_path / "huge.ncb")
     with pytest.raises(BitstreamError, match="cannot hold"):
-        PCCodec().decode(Reader.from_path(tmp_path / "huge.ncb"), str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+        decode(tmp_path / "huge.ncb", tmp_path / "o.npy", d / "m.pcm")
 
 
 def test_a_mixture_model_codes_bit_exactly_and_below_its_parts(work, tmp_path):
@@ -171,9 +204,9 @@ def test_a_mixture_model_codes_bit_exactly_and_below_its_parts(work, tmp_path):
     sizes = {}
     for name in ("m", "b", "mix"):
         model = d / "m.pcm" if name == "m" else tmp_path / f"{name}.pcm"
-        s = PCCodec().encode([str(d / "test.npy")], str(tmp_path / f"{name}.ncb"), _opts(model))
+        s = encode([str(d / "test.npy")], tmp_path / f"{name}.ncb", model)
         sizes[name] = s["ideal_bits_per_dim"]
-    PCCodec().decode(Reader.from_path(tmp_path / "mix.ncb"), str(tmp_path / "out.npy"), _opts(tmp_path / "mix.pcm"))
+    decode(tmp_path / "mix.ncb", tmp_path / "out.npy", tmp_path / "mix.pcm")
     assert np.array_equal(np.load(tmp_path / "out.npy"), test)
     # log(p_a/2 + p_b/2) >= (log p_a + log p_b) / 2: never worse than the parts' average
     assert sizes["mix"] <= (sizes["m"] + sizes["b"]) / 2 + 1e-6
@@ -200,7 +233,7 @@ def test_stream_versions(work, tmp_path, version):
 
     d, test = work
     model = model_file.load_model(d / "m.pcm")
-    PCCodec().encode([str(d / "test.npy")], str(tmp_path / "t.ncb"), _opts(d / "m.pcm"))
+    encode([str(d / "test.npy")], tmp_path / "t.ncb", d / "m.pcm")
     reader = Reader.from_path(tmp_path / "t.ncb")
     assert reader.codec_version == 2
     if version == 1:
@@ -218,8 +251,8 @@ def test_stream_versions(work, tmp_path, version):
     w.write(str(tmp_path / f"v{version}.ncb"))
     old = Reader.from_path(tmp_path / f"v{version}.ncb")
     if version == 1:
-        PCCodec().decode(old, str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+        decode(old, tmp_path / "o.npy", d / "m.pcm")
         assert np.array_equal(np.load(tmp_path / "o.npy"), test)
     else:
-        with pytest.raises(BitstreamError, match="version 3 is unknown"):
-            PCCodec().decode(old, str(tmp_path / "o.npy"), _opts(d / "m.pcm"))
+        with pytest.raises(BitstreamError, match="version 3 is not supported"):
+            decode(old, tmp_path / "o.npy", d / "m.pcm")

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import ncodec
+from codec.base import frames_digest
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from cli.main import main
@@ -12,21 +14,18 @@ from codec import registry
 from codec.errors import UserError
 from codec.video import pfnr
 from codec.video.io import read_video, write_video
+from codec.video.options import PFNROptions
 from tests.videos import moving_gradients
 
 T, H, W = 6, 32, 48
-CPU = torch.device("cpu")
 
 
 def opts(**kw):
-    base = dict(device="cpu", seed=0, json=False, frames=None, crop=None, epochs=3, max_time=None, size="20k",
-                bpp=None, resume=False, density=0.5, lr=5e-3)
-    base.update(kw)
-    return base
+    return PFNROptions(**{"device": "cpu", "epochs": 3, "size": "20k", "density": 0.5, "lr": 5e-3, **kw})
 
 
 def digest(path: str, k: int) -> str:
-    return pfnr.frames_digest(pfnr.decode_video(Reader.from_path(path), k, CPU))
+    return frames_digest(ncodec.decode(path, video=k, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +68,10 @@ def test_decode_cli_writes_the_chosen_video(library, tmp_path, capsys):
     capsys.readouterr()
     assert main(["decode", path, "--video", "2", "-o", str(out), "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["video"] == 2 and report["frames"] == T
+    assert report["video"] == 2 and report["name"] == "v2.mkv" and report["frames"] == T
     frames = read_video(out).frames
     assert frames.shape == (T, H, W, 3)
-    assert pfnr.frames_digest(frames) == before[1]        # FFV1 RGB is lossless
+    assert frames_digest(frames) == before[1]        # FFV1 RGB is lossless
 
 
 def test_info_lists_every_video_with_its_bytes(library, capsys):

@@ -9,9 +9,9 @@ from PIL import Image
 
 from bitstream.serial import ByteReader
 from cli.main import main
+from codec.device import cpu_thread_limit
 from codec.errors import UserError
 from codec.features import model_file
-from codec.features import train as T
 from codec.features.data import load_dataset
 from codec.features.split import MAGIC, MSG_LATENT, SplitClient, SplitServer, bind_listener, read_frame, run_session
 
@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    with T.cpu_threads(1):
+    with cpu_thread_limit(CPU, limit=1):
         yield
 
 

@@ -6,21 +6,24 @@ import pytest
 import torch
 from PIL import Image
 
+import ncodec
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from cli.main import main
+from codec.api import encode_file
+from codec.device import cpu_thread_limit
 from codec.errors import UserError
 from codec.features import model_file
-from codec.features import train as T
 from codec.features.codec import LatentCoder, StudentCodec
 from codec.features.data import load_dataset
+from codec.features.options import StudentDecodeOptions, StudentOptions
 
 from tests.students import train_tiny_models
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    with T.cpu_threads(1):
+    with cpu_thread_limit(torch.device("cpu"), limit=1):
         yield
 
 
@@ -72,17 +75,34 @@ def test_encode_decode_through_the_container(models, images, tmp_path):
     student, model_id = model_file.load_student(str(models / "student.safetensors"))
     codec = StudentCodec()
     out = tmp_path / "x.ncb"
-    opts = {"model": str(models / "student.safetensors"), "device": "cpu", "json": True}
-    summary = codec.encode([str(p) for p in paths], str(out), opts)
+    model = str(models / "student.safetensors")
+    summary = encode_file(codec, [str(p) for p in paths], out, StudentOptions(model=model, device="cpu"))
     assert summary["bytes"] == out.stat().st_size                # the real file's bytes
+    assert summary["bytes_per_image"] == summary["bytes"] / 12 and summary["model_id"] == model_id
     reader = Reader.from_path(out)
     assert reader.header["kind"] == "features" and reader.header["count"] == 12
     assert reader.header["model_id"] == model_id
-    decoded = codec.decode(reader, None, opts)
+    options = StudentDecodeOptions(model=model, device="cpu")
+    decoded = codec.save(codec.open(reader, options), None, options)
     with torch.no_grad():
         whole = student(pixels.float() / 255).argmax(1).tolist()  # the whole student in one process
     assert [r["class"] for r in decoded["predictions"]] == whole
     assert [r["image"] for r in decoded["predictions"]] == [p.name for p in paths]
+    assert "output" not in decoded
+    # the Python API: an array in, the predicted classes out, the same as from the PNG files
+    array = pixels[:, 0].numpy()                                  # uint8 [N, H, W]
+    ncodec.encode(array, tmp_path / "a.ncb", codec="student", model=model, device="cpu")
+    predicted = ncodec.decode(tmp_path / "a.ncb", model=model, device="cpu")
+    assert predicted.dtype == np.int64 and predicted.tolist() == whole
+    assert Reader.from_path(tmp_path / "a.ncb").payload("latents") == reader.payload("latents")
+    assert ncodec.decode(out, model=model, device="cpu").tolist() == whole
+    rgb = np.repeat(array[..., None], 3, axis=3)                  # converted to grey as an RGB PNG would be
+    ncodec.encode(rgb, tmp_path / "rgb.ncb", codec="student", model=model, device="cpu")
+    assert ncodec.decode(tmp_path / "rgb.ncb", model=model, device="cpu").tolist() == whole
+    with pytest.raises(UserError, match="the model takes 8x8"):
+        ncodec.encode(np.zeros((2, 16, 16), np.uint8), tmp_path / "b.ncb", codec="student", model=model)
+    with pytest.raises(UserError, match="uint8"):
+        ncodec.encode(array.astype(np.float32), tmp_path / "b.ncb", codec="student", model=model)
 
 
 def test_cli_encode_decode_json(capsys, models, images, tmp_path):
@@ -100,6 +120,9 @@ def test_cli_encode_decode_json(capsys, models, images, tmp_path):
                        tmp_path / "pred.json", "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "pred.json").read_text())["predictions"] == result["predictions"]
+    code, stdout, err = run(capsys, "decode", out, "--model", models / "student.safetensors", "--device", "cpu")
+    assert code == 0, err
+    assert "predictions" in stdout and paths[0].name in stdout          # the rows as a table of their own
 
 
 def test_decoding_with_another_student_is_refused(capsys, models, images, tmp_path):
@@ -131,17 +154,22 @@ def test_a_model_file_that_is_not_one_is_one_line(capsys, images, tmp_path):
 
 def test_damaged_latents_are_a_bitstream_error(models, images, tmp_path):
     paths, _ = images
-    opts = {"model": str(models / "student.safetensors"), "device": "cpu", "json": True}
-    StudentCodec().encode([str(p) for p in paths[:3]], str(tmp_path / "a.ncb"), opts)
+    model = str(models / "student.safetensors")
+    codec, options = StudentCodec(), StudentDecodeOptions(model=model, device="cpu")
+    encode_file(codec, [str(p) for p in paths[:3]], tmp_path / "a.ncb", StudentOptions(model=model, device="cpu"))
     reader = Reader.from_path(tmp_path / "a.ncb")
     # rebuild the file with a latents section whose first stream is not a whole number of 32-bit words
     w = Writer("student", 1, dict(reader.header))
     w.add_section("latents", b"\x03abc" + reader.payload("latents")[4:])
     w.write(tmp_path / "b.ncb")
     with pytest.raises(BitstreamError):
-        StudentCodec().decode(Reader.from_path(tmp_path / "b.ncb"), None, opts)
-    with pytest.raises(UserError):
-        StudentCodec().decode(reader, str(tmp_path / "pred.png"), opts)
+        codec.open(Reader.from_path(tmp_path / "b.ncb"), options)
+    with pytest.raises(UserError, match="a .json file"):
+        codec.save(codec.open(reader, options), str(tmp_path / "pred.png"), options)
+    w = Writer("student", 3, dict(reader.header))
+    w.add_section("latents", reader.payload("latents"))
+    with pytest.raises(BitstreamError, match="version 3 is not supported"):
+        codec.open(Reader.from_bytes(w.to_bytes()), options)
 
 
 def test_cli_stage2_from_a_student_file(capsys, models, tmp_path):

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from codec.device import cpu_thread_limit
 from codec.errors import UserError
 from codec.features import model_file
 from codec.features import train as T
@@ -16,7 +17,7 @@ from tests.students import TINY
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    with T.cpu_threads(1):
+    with cpu_thread_limit(torch.device("cpu"), limit=1):
         yield
 
 
@@ -185,8 +186,9 @@ def test_resume_continues_after_the_last_finished_epoch(digits, teacher, tmp_pat
     saves = []
     real_save = T.Checkpoint.save
 
-    def interrupted(self, what, config, stage, epoch, *args, **kwargs):
-        real_save(self, what, config, stage, epoch, *args, **kwargs)
+    def interrupted(self, model, optimizer, meta):
+        real_save(self, model, optimizer, meta)
+        stage, epoch = meta["stage"], meta["epoch"]
         saves.append((stage, epoch))
         if (stage, epoch) == (1, 0):
             raise KeyboardInterrupt            # the run dies right after its first checkpoint
@@ -198,27 +200,29 @@ def test_resume_continues_after_the_last_finished_epoch(digits, teacher, tmp_pat
     monkeypatch.setattr(T.Checkpoint, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(resume=False)
-    assert (tmp_path / "r.safetensors.ckpt").exists() and not out.exists()
+    ckpt = tmp_path / "r.safetensors.ckpt.safetensors"
+    assert ckpt.exists() and not out.exists()
     saves.clear()
     run(resume=True)
     assert saves == [(1, 1), (2, 0)]              # stage 1 epoch 0 was not run again
-    assert out.exists() and not (tmp_path / "r.safetensors.ckpt").exists()
+    assert out.exists() and not ckpt.exists()
     model_file.load_student(str(out))
 
 
 def test_resume_refuses_a_checkpoint_of_another_setup(digits, teacher, tmp_path):
     out = tmp_path / "x.safetensors"
-    ckpt = T.Checkpoint(T.checkpoint_path(str(out)))
     cfg = student_config(teacher.config, **TINY)
-    ckpt.save("student", cfg, 1, 0, Student(cfg), torch.optim.Adam(Student(cfg).parameters()), {})
+    T.run_checkpoint(str(out), "student", cfg, every=0).save(Student(cfg), torch.optim.Adam(Student(cfg).parameters()),
+                                                             {"stage": 1, "epoch": 0})
     with pytest.raises(UserError, match="another student setup"):
         T.train_student(digits, teacher, str(out), beta=0.01, stage1=T.Schedule(1, 64, 1e-3),
                         stage2=T.Schedule(1, 64, 1e-2), student_options={**TINY, "latent_channels": 5},
                         device="cpu", resume=True)
     # the same architecture and beta, another stage-1 loss: not the same setup either
     cfg["beta"] = 0.01
-    ckpt.save("student", {**cfg, "stage1_loss": {"distill": "all", "kd_weight": 0.0, "hard_latent": False},
-                          "init": None}, 1, 0, Student(cfg), torch.optim.Adam(Student(cfg).parameters()), {})
+    setup = {**cfg, "stage1_loss": {"distill": "all", "kd_weight": 0.0, "hard_latent": False}, "init": None}
+    T.run_checkpoint(str(out), "student", setup, every=0).save(
+        Student(cfg), torch.optim.Adam(Student(cfg).parameters()), {"stage": 1, "epoch": 0})
     with pytest.raises(UserError, match="another student setup"):
         T.train_student(digits, teacher, str(out), beta=0.01, stage1=T.Schedule(1, 64, 1e-3),
                         stage2=T.Schedule(1, 64, 1e-2), student_options=TINY, device="cpu", resume=True,

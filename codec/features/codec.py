@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bitstream.coder import CdfTableModel, RangeDecoder, RangeEncoder, TableModel, trim_stream, untrim_stream
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
+from codec.base import Codec, Encoded, Job
 from codec.device import pick_device
 from codec.errors import UserError
-from codec.features.data import expand_inputs, load_images, to_float
+from codec.features.data import _to_array, expand_inputs, load_images, to_float
 from codec.features.model_file import load_student
+from codec.features.options import StudentDecodeOptions, StudentOptions
 from codec.features.student import Student
-from codec.progress import print_table, write_json
-from codec.registry import Codec, register
+from codec.progress import write_json
 
 MAX_STREAM_BYTES = 1 << 24       # one image's latent stream; far above any real latent, refuses absurd claims
 
@@ -115,9 +118,7 @@ class LatentCoder:
         return out.astype(np.int32)
 
 
-def open_student(path: str | None, device: str = "auto") -> tuple[Student, str, torch.device]:
-    if not path:
-        raise UserError("the student codec needs --model STUDENT (train one with `ncodec train student`)")
+def open_student(path: str, device: str = "auto") -> tuple[Student, str, torch.device]:
     student, model_id = load_student(path)
     dev = pick_device(device)
     return student.to(dev).eval(), model_id, dev
@@ -144,59 +145,101 @@ def classify_symbols(student: Student, symbols: np.ndarray, device: torch.device
     return np.concatenate(out).astype(np.int64)
 
 
-@register
+@dataclass
+class Images:
+    """What `StudentCodec.read` found: image files (loaded once the student says its size), or images in memory."""
+
+    names: list[str]
+    paths: list[str] | None = None
+    array: np.ndarray | None = None       # uint8 [N, H, W, C]
+
+    def pixels(self, channels: int, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 [N, C, H, W] as the student takes them; another size is refused, never resized."""
+        if self.paths is not None:
+            return load_images(self.paths, channels, size)
+        a = self.array
+        if tuple(a.shape[1:3]) != tuple(size):
+            raise UserError(f"the images are {a.shape[2]}x{a.shape[1]} pixels but the model takes "
+                            f"{size[1]}x{size[0]} images")
+        # through Pillow, as image files are: the same grey/RGB conversion whatever the array's channels
+        return torch.from_numpy(np.stack([_to_array(Image.fromarray(x[..., 0] if x.shape[2] == 1 else x), channels)
+                                          for x in a]))
+
+
+@dataclass
+class Predictions:
+    """A decoded student file: each image's predicted class."""
+
+    names: list[str]
+    predicted: np.ndarray          # int64 [N]
+    classes: list[str]
+    model_id: str
+    decode_ms_per_image: float
+
+
 class StudentCodec(Codec):
     name = "student"
-    version = 2                       # 1: latents as whole 32-bit words; 2: trimmed (both decode)
+    version = 2                       # 1: latents as whole 32-bit words; 2: trimmed
+    readable = (1, 2)
     kind = "features"
-    takes_many_inputs = True          # every image's latent goes into the one .ncb file
     description = "Entropic Student: images -> a learned, entropy-coded latent -> classes (split computing)"
+    sections = frozenset({"latents", "names"})
+    many_inputs = True                # every image's latent goes into the one .ncb file
+    Options = StudentOptions
+    DecodeOptions = StudentDecodeOptions
 
-    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
-        student, model_id, dev = open_student(opts.get("model"), opts.get("device") or "auto")
-        paths = expand_inputs(inputs)
+    def read(self, source: Any, options: StudentOptions) -> Images:
+        """Image files and folders (searched recursively), or a uint8 array [N, H, W, C] or [N, H, W]."""
+        if isinstance(source, np.ndarray):
+            a = source[..., None] if source.ndim == 3 else source
+            if source.dtype != np.uint8 or a.ndim != 4 or not len(a) or a.shape[3] not in (1, 2, 3, 4):
+                raise UserError(f"images must be a uint8 array [N, H, W] or [N, H, W, C] (C = 1 to 4), got "
+                                f"{source.dtype} {list(source.shape)}")
+            return Images([f"#{i}" for i in range(len(a))], array=a)
+        sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+        paths = expand_inputs([os.fspath(p) for p in sources])
+        return Images([os.path.basename(p)[:255] for p in paths], paths=paths)
+
+    def encode(self, images: Images, options: StudentOptions, job: Job) -> Encoded:
+        student, model_id, dev = open_student(options.model, options.device)
         c, h, w = student.image_shape
-        images = load_images(paths, c, (h, w))
+        pixels = images.pixels(c, (h, w))
+        n = len(pixels)
         t0 = time.perf_counter()
-        symbols = encode_images(student, images, dev)
+        symbols = encode_images(student, pixels, dev)
         coder = LatentCoder(student)
         streams = [coder.encode(s) for s in symbols]
-        encode_ms = (time.perf_counter() - t0) * 1000 / len(paths)
+        encode_ms = (time.perf_counter() - t0) * 1000 / n
         lc, lh, lw = student.latent_shape
-        writer = Writer(self.name, self.version, {"kind": self.kind, "count": len(paths), "latent_c": lc,
-                                                  "latent_h": lh, "latent_w": lw, "model_id": model_id})
+        writer = Writer(self.name, self.version, {"kind": self.kind, "count": n, "latent_c": lc, "latent_h": lh,
+                                                  "latent_w": lw, "model_id": model_id})
         body = ByteWriter()
         for s in streams:
             body.bytes_(s)
         writer.add_section("latents", body.getvalue())
-        names = ByteWriter()
-        for p in paths:
-            names.str_(os.path.basename(p)[:255])
-        writer.add_section("names", names.getvalue(), required=False)
-        size = writer.write(output)
+        if images.paths is not None:             # an array's images have no names: decoding numbers them
+            names = ByteWriter()
+            for name in images.names:
+                names.str_(name)
+            writer.add_section("names", names.getvalue(), required=False)
+        size = len(writer.to_bytes())
         payload = sum(len(s) for s in streams)
-        return {"output": output, "images": len(paths), "bytes": size, "bytes_per_image": size / len(paths),
-                "latent_bytes_per_image": payload / len(paths), "latent_shape": f"{lc}x{lh}x{lw}",
-                "encode_ms_per_image": encode_ms, "model_id": model_id, "device": str(dev)}
+        return Encoded(writer, {"images": n, "bytes": size, "bytes_per_image": size / n,
+                                "latent_bytes_per_image": payload / n, "latent_shape": f"{lc}x{lh}x{lw}",
+                                "encode_ms_per_image": encode_ms, "model_id": model_id, "device": str(dev)})
 
-    def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        if output is not None and not output.lower().endswith(".json"):
-            raise UserError(f"the student codec decodes to predicted classes: give -o a .json file, not {output}")
-        student, model_id, dev = open_student(opts.get("model"), opts.get("device") or "auto")
+    def load(self, reader: Reader, options: StudentDecodeOptions) -> Predictions:
+        student, model_id, dev = open_student(options.model, options.device)
         header = reader.header
-        if not 1 <= reader.codec_version <= self.version:
-            raise BitstreamError(f"student stream version {reader.codec_version} is unknown to this ncodec (it "
-                                 f"decodes versions 1 to {self.version})")
-        if header.get("kind") != self.kind:
-            raise BitstreamError(f"header kind {header.get('kind')!r} is not {self.kind!r}")
         if header.get("model_id") != model_id:
             raise UserError(f"this file was encoded with student model {header.get('model_id')}, but "
-                            f"{opts.get('model')} is model {model_id}: decode with the same student")
-        shape = (header["latent_c"], header["latent_h"], header["latent_w"])
+                            f"{options.model} is model {model_id}: decode with the same student")
+        shape = (header.get("latent_c"), header.get("latent_h"), header.get("latent_w"))
         if shape != student.latent_shape:
             raise BitstreamError(f"latent shape {shape} does not match the student's {student.latent_shape}")
-        reader.require_known({"latents", "names"})
-        count = int(header["count"])
+        count = header.get("count")
+        if type(count) is not int or count < 1:
+            raise BitstreamError(f"header: count {count!r} is not a positive integer")
         coder = LatentCoder(student, trim=reader.codec_version >= 2)
         body = ByteReader(reader.payload("latents"), "section 'latents'")
         symbols = np.stack([coder.decode(body.bytes_(MAX_STREAM_BYTES)) for _ in range(count)])
@@ -205,15 +248,27 @@ class StudentCodec(Codec):
         t0 = time.perf_counter()
         predicted = classify_symbols(student, symbols, dev)
         server_ms = (time.perf_counter() - t0) * 1000 / count
-        classes = student.classes
-        rows = [{"image": n, "class": int(k), "label": classes[k]} for n, k in zip(names, predicted)]
-        summary = {"images": count, "model_id": model_id, "decode_ms_per_image": server_ms,
-                   "classes": " ".join(classes[k] for k in predicted), "predictions": rows}
+        return Predictions(names, predicted, student.classes, model_id, server_ms)
+
+    def array(self, decoded: Predictions, options: StudentDecodeOptions) -> np.ndarray:
+        """The predicted class of each image, int64 [N]."""
+        return decoded.predicted
+
+    def check_output(self, output: str | None) -> None:
+        if output is not None and not output.lower().endswith(".json"):
+            raise UserError(f"the student codec decodes to predicted classes: give -o a .json file, not {output}")
+
+    def save(self, decoded: Predictions, output: str | None, options: StudentDecodeOptions) -> dict[str, Any]:
+        """The predictions as a summary (the CLI prints its rows as a table), and as JSON in `output` if given."""
+        self.check_output(output)
+        classes = decoded.classes
+        rows = [{"image": n, "class": int(k), "label": classes[k]} for n, k in zip(decoded.names, decoded.predicted)]
+        summary = {"images": len(rows), "model_id": decoded.model_id,
+                   "decode_ms_per_image": decoded.decode_ms_per_image,
+                   "classes": " ".join(classes[k] for k in decoded.predicted), "predictions": rows}
         if output is not None:
-            write_json(output, {"model_id": model_id, "predictions": rows})
+            write_json(output, {"model_id": decoded.model_id, "predictions": rows})
             summary["output"] = output
-        elif not opts.get("json"):
-            print_table(rows, ["image", "class", "label"], title="predicted classes")
         return summary
 
     @staticmethod

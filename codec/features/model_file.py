@@ -1,4 +1,4 @@
-"""Model and checkpoint files: safetensors (plain tensors, never pickle) with a JSON description in the metadata.
+"""Model files: safetensors (plain tensors, never pickle) with a JSON description in the metadata.
 
 A student file carries its CompressAI CDF tables as ordinary tensors, so loading never depends on the table sizes
 a freshly built EntropyBottleneck happens to have. Every model has an id (a hash of its config and tensors) that
@@ -28,10 +28,10 @@ MAX_HEADER = 16 << 20
 
 @dataclass
 class ModelFile:
-    kind: str                       # "teacher" | "student" | "checkpoint"
+    kind: str                       # "teacher" | "student"
     config: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]            # anything else stored (training record, optimizer state description)
+    meta: dict[str, Any]            # anything else stored (the training record)
 
     @property
     def model_id(self) -> str:
@@ -103,33 +103,6 @@ def _description(data: bytes, path: str) -> dict[str, Any]:
         raise UserError(f"{path}: model file version {description.get('version')} is not supported "
                         f"(this ncodec reads version {VERSION})")
     return description
-
-
-# ---- optimizer state as plain tensors (for resumable checkpoints without pickle)
-
-
-def flatten_optimizer(state: dict[str, Any], prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:
-    """torch optimizer state_dict -> (tensors, JSON-able rest); inverse of `unflatten_optimizer`."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, per_param in state["state"].items():
-        for k, v in per_param.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
-            else:
-                scalars.setdefault(str(idx), {})[k] = v
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict, prefix: str = "optim") -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, v in tensors.items():
-        if name.startswith(prefix + "."):
-            _, idx, k = name.split(".", 2)
-            state.setdefault(int(idx), {})[k] = v
-    for idx, kv in rest.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(kv)
-    return {"state": state, "param_groups": rest["param_groups"]}
 
 
 # ---- the two model kinds

@@ -207,10 +207,6 @@ class Student(nn.Module):
             self.tail[name].load_state_dict(getattr(teacher, name).state_dict())
         self.linear.load_state_dict(teacher.linear.state_dict())
 
-    def device_modules(self) -> nn.Module:
-        """What runs on the device: the encoder (the prior's tables ship with it)."""
-        return self.encoder
-
 
 TABLE_KEYS = ("entropy_bottleneck._quantized_cdf", "entropy_bottleneck._cdf_length", "entropy_bottleneck._offset")
 

@@ -12,21 +12,22 @@ at temperature T, alpha 0.5 and T 1 by default; Stage2Loss can raise alpha to 1 
 pairs of images (mixup or CutMix), so that the tail is taught the teacher's function between the few thousand
 training images as well.
 
-Checkpoints are written after each epoch beside the output (`OUT.ckpt`, safetensors) and picked up by resume=True.
+Checkpoints (codec.checkpoint) are written beside the output (`OUT.ckpt.safetensors`) at the end of an epoch, every
+epoch by default (Schedule.checkpoint_every), and picked up by resume=True.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from codec.device import pick_device, seed_everything
+from codec.checkpoint import Checkpoint, Saved
+from codec.device import cpu_thread_limit, pick_device, seed_everything
 from codec.errors import UserError
 from codec.features import model_file
 from codec.features.codec import LatentCoder, encode_images
@@ -35,6 +36,7 @@ from codec.features.data import ImageSet, augment, split_holdout, to_float
 from codec.features.student import Student, load_student_state, make_config as make_student_config
 from codec.features.teacher import CifarResNet, make_config as make_teacher_config
 from codec.progress import progress
+from codec.schedule import set_lr, step_decay, warmup_cosine
 
 PRIOR_LR_SCALE = 10.0
 TAIL_LR_SCALE = 0.1    # stage 1 with tune_tail: the pretrained tail moves 10x slower than the new encoder/decoder
@@ -42,21 +44,10 @@ LATENT_INIT_STD = 2.0  # the latent's initial spread, in quantisation steps (the
 HOLDOUT = 0.1          # fraction of the data held out to report accuracy; the split is fixed (seed 0)
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Run a block with n intra-op CPU threads (None: unchanged). Tiny models on a busy 2-core machine train
-    ~20x faster on one thread than on two that spin-wait for each other."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def threads_for(device: torch.device, image_size: int) -> int | None:
-    return 1 if device.type == "cpu" and image_size <= 16 else None
+def thread_limit(device: torch.device, image_size: int):
+    """codec.device's CPU-thread rule, capped at one thread for tiny images: their models train ~20x faster on one
+    thread than on two that spin-wait for each other on a busy 2-core machine."""
+    return cpu_thread_limit(device, limit=1 if image_size <= 16 else None)
 
 
 @dataclass
@@ -66,6 +57,7 @@ class Schedule:
     lr: float
     max_time: float | None = None      # seconds for the whole stage; the stage ends after the epoch that passes it
     max_images: int | None = None      # images for the whole stage (a fraction of an epoch is allowed)
+    checkpoint_every: float = 0.0      # seconds between checkpoints, written at the end of an epoch (0: every one)
 
 
 MIXES = ("none", "mixup", "cutmix")
@@ -103,38 +95,9 @@ def check_stage1_loss(distill: str, kd_weight: float) -> None:
         raise UserError("--distill none trains on the KD loss alone: give --kd-weight > 0")
 
 
-@dataclass
-class Checkpoint:
-    """What a resumed run needs: which stage and epoch finished last, the model and the optimizer."""
-    path: str
-    enabled: bool = True
-    record: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, what: str, config: dict, stage: int, epoch: int, model: torch.nn.Module,
-             optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        tensors = {f"model.{k}": v for k, v in model_file.state_tensors(model).items()}
-        opt_tensors, opt_rest = model_file.flatten_optimizer(optimizer.state_dict())
-        tensors.update(opt_tensors)
-        model_file.save(self.path, "checkpoint", {"what": what, "model": config},
-                        tensors, {"stage": stage, "epoch": epoch, "optimizer": opt_rest, **extra})
-
-    def load(self, what: str, config: dict) -> model_file.ModelFile | None:
-        if not os.path.exists(self.path):
-            return None
-        mf = model_file.load(self.path, expect="checkpoint")
-        if mf.config.get("what") != what or mf.config.get("model") != config:
-            raise UserError(f"checkpoint {self.path} is for another {what} setup; delete it or drop --resume")
-        return mf
-
-    def remove(self) -> None:
-        if os.path.exists(self.path):
-            os.remove(self.path)
-
-
-def checkpoint_path(output: str) -> str:
-    return output + ".ckpt"
+def run_checkpoint(output: str, what: str, setup: dict[str, Any], every: float) -> Checkpoint:
+    """The checkpoint beside `output` of a `what` run ("teacher", "student", "student stage 2") with this setup."""
+    return Checkpoint(output + ".ckpt", {"what": what, "setup": setup}, every=every, what=f"{what} setup")
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True):
@@ -173,16 +136,6 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, what: str, epoch: int)
     opt.step()
 
 
-def _lr_at(epoch: int, epochs: int, base: float, milestones=(0.5, 0.8)) -> float:
-    """Step decay x0.1 at fixed fractions of the run (the paper's MultiStepLR, scaled to any epoch count)."""
-    return base * 0.1 ** sum(epoch >= math.ceil(m * epochs) for m in milestones)
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
-
-
 def _prepare(ds: ImageSet, device: torch.device) -> tuple[ImageSet, ImageSet]:
     train, held = split_holdout(ds, HOLDOUT, seed=0)
     if len(train) == 0:
@@ -198,7 +151,7 @@ def train_teacher(ds: ImageSet, output: str, *, arch: str | None = None, schedul
                   device: str = "auto", seed: int = 0, resume: bool = False) -> dict[str, Any]:
     """Train a CIFAR-style ResNet from scratch on `ds`; writes the teacher model file."""
     dev = pick_device(device)
-    with cpu_threads(threads_for(dev, ds.size[0])):
+    with thread_limit(dev, ds.size[0]):
         return _train_teacher(ds, output, arch, schedule, dev, seed, resume)
 
 
@@ -215,12 +168,12 @@ def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, A
     train, held = _prepare(ds, dev)
     model = CifarResNet(cfg).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    ckpt = Checkpoint(checkpoint_path(output), enabled=True)
+    ckpt = run_checkpoint(output, "teacher", cfg, schedule.checkpoint_every)
     start = 0
-    if resume and (mf := ckpt.load("teacher", cfg)) is not None:
-        model.load_state_dict({k[6:]: v for k, v in mf.tensors.items() if k.startswith("model.")}, strict=False)
-        opt.load_state_dict(model_file.unflatten_optimizer(mf.tensors, mf.meta["optimizer"]))
-        start = int(mf.meta["epoch"]) + 1
+    if resume and (saved := ckpt.load()) is not None:
+        model.load_state_dict(saved.model, strict=False)
+        opt.load_state_dict(saved.optimizer)
+        start = int(saved.meta["epoch"]) + 1
         g.manual_seed(seed + start)
     aug = augmentation(train)
     images = train.images.to(dev)
@@ -230,7 +183,7 @@ def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, A
     bar = progress(total=(schedule.epochs - start) * steps_per_epoch, desc="teacher", unit="step")
     for epoch in range(start, schedule.epochs):
         # cosine decay over the whole run: a short schedule still ends at a small learning rate
-        _set_lr(opt, 0.5 * schedule.lr * (1 + math.cos(math.pi * epoch / schedule.epochs)))
+        set_lr(opt, schedule.lr * warmup_cosine(epoch, schedule.epochs))
         model.train()
         for idx in batches(len(train), schedule.batch_size, g):
             x = aug(to_float(images[idx.to(dev)]), g)
@@ -238,7 +191,8 @@ def _train_teacher(ds, output, arch, schedule, dev, seed, resume) -> dict[str, A
             _step(opt, loss, "teacher training", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        ckpt.save("teacher", cfg, 0, epoch, model, opt, {})
+        if ckpt.due():
+            ckpt.save(model, opt, {"stage": 0, "epoch": epoch})
         if schedule.max_time is not None and time.time() - t0 > schedule.max_time:
             break
     bar.close()
@@ -377,7 +331,7 @@ def train_student(ds: ImageSet, teacher: CifarResNet, output: str, *, beta: floa
     dev = pick_device(device)
     objective = {"distill": distill, "kd_weight": float(kd_weight), "hard_latent": bool(hard_latent),
                  "tune_tail": bool(tune_tail)}
-    with cpu_threads(threads_for(dev, ds.size[0])):
+    with thread_limit(dev, ds.size[0]):
         return _train_student(ds, teacher, output, beta, stage1, stage2, student_options, dev, seed, resume,
                               teacher_source, objective, init_student, init_info, loss2)
 
@@ -395,22 +349,21 @@ def finetune_student(ds: ImageSet, teacher: CifarResNet, start: str, output: str
         raise UserError(f"{start} was distilled from another teacher than the one given")
     start_record = model_file.load(start).meta.get("training", {})
     dev = pick_device(device)
-    with cpu_threads(threads_for(dev, ds.size[0])):
+    with thread_limit(dev, ds.size[0]):
         g = seed_everything(seed)
         train, held = _prepare(ds, dev)
         teacher = teacher.to(dev).eval()
         _frozen(teacher)
-        ckpt = Checkpoint(checkpoint_path(output))
         # a stage-2-only checkpoint: a full run's checkpoint (which may be in stage 1) is not one of these
         setup = {**student.config, "from": start_id, "stage2_loss": asdict(loss2)}
-        state = ckpt.load("student stage 2", setup) if resume else None
+        ckpt = run_checkpoint(output, "student stage 2", setup, stage2.checkpoint_every)
+        state = ckpt.load() if resume else None
         if state is not None:
-            load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
+            load_student_state(student, state.model)
         student.to(dev)
         t_start = time.time()
         record: dict[str, Any] = {}
-        _stage2(student, teacher, train, stage2, loss2, ckpt, ("student stage 2", setup), state, g, seed, dev,
-                record)
+        _stage2(student, teacher, train, stage2, loss2, ckpt, state, g, seed, dev, record)
         keep = ("beta", "distill", "kd_weight", "hard_latent", "tune_tail", "stage1_init", "stage1_epochs",
                 "stage1_seconds", "stage1_head_error", "stage1_head_error_if_mean")
         summary = _finish(student, teacher, output, ds, train, held, dev, teacher_source, t_start, record,
@@ -440,15 +393,15 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
     # the training set moves to the device once; stage 2's .to(dev) is then a no-op, not a second copy
     train = replace(train, images=train.images.to(dev), labels=train.labels.to(dev))
     images, labels = train.images, train.labels
-    ckpt = Checkpoint(checkpoint_path(output))
     # a checkpoint resumes only the same setup: architecture, beta, stage-1 loss and --init file
     setup = {**cfg, "stage1_loss": objective, "init": init_info and init_info["model_id"],
              "stage2_loss": asdict(loss2)}
-    state = ckpt.load("student", setup) if resume else None
+    ckpt = run_checkpoint(output, "student", setup, stage1.checkpoint_every)
+    state = ckpt.load() if resume else None
     # a checkpoint says which stage and epoch finished last: resume right after it
     done_stage, done_epoch = (int(state.meta["stage"]), int(state.meta["epoch"])) if state else (1, -1)
     if state is not None:
-        load_student_state(student, {k[6:]: v for k, v in state.tensors.items() if k.startswith("model.")})
+        load_student_state(student, state.model)
         student.to(dev)
     head_only = distill == "head"
     with_tail = not head_only or kd_weight > 0          # KD needs the logits
@@ -491,13 +444,13 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         opt = torch.optim.Adam(groups + ([{"params": tail, "lr_scale": TAIL_LR_SCALE}] if tail else []), lr=stage1.lr)
         start = done_epoch + 1
         if state is not None:
-            opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
+            opt.load_state_dict(state.optimizer)
             g.manual_seed(seed * 1000 + start)
         t0 = time.time()
         steps = math.ceil(len(train) / stage1.batch_size)
         bar = progress(total=max(0, stage1.epochs - start) * steps, desc="student stage 1", unit="step")
         for epoch in range(start, stage1.epochs):
-            _set_lr(opt, _lr_at(epoch, stage1.epochs, stage1.lr))
+            set_lr(opt, stage1.lr * step_decay(epoch, stage1.epochs))
             student.train()
             student.tail.eval()                      # the tail's BatchNorm statistics stay the teacher's
             sums = {"distill": 0.0, "head": 0.0, "bits": 0.0, "n": 0}
@@ -529,7 +482,8 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
             record["stage1_last_epoch"] = {"epoch": epoch + 1, "distill": sums["distill"] / sums["n"],
                                            "bits_per_image": sums["bits"] / sums["n"],
                                            "head_error": sums["head"] / sums["n"]}
-            ckpt.save("student", setup, 1, epoch, student, opt, {"record": record})
+            if ckpt.due():
+                ckpt.save(student, opt, {"stage": 1, "epoch": epoch, "record": record})
             if stage1.max_time is not None and time.time() - t0 > stage1.max_time:
                 break
         bar.close()
@@ -540,7 +494,8 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
         student.to(dev)
         state = None                              # stage 2 starts afresh after a stage 1 run here
 
-    _stage2(student, teacher, train, stage2, loss2, ckpt, ("student", setup), state, g, seed, dev, record)
+    ckpt.every = stage2.checkpoint_every
+    _stage2(student, teacher, train, stage2, loss2, ckpt, state, g, seed, dev, record)
     info = {"beta": beta, **objective, "stage1_epochs": stage1.epochs, "stage2_epochs": stage2.epochs,
             "stage2_loss": asdict(loss2)}
     if init_info is not None:
@@ -555,14 +510,12 @@ def _train_student(ds, teacher, output, beta, stage1, stage2, student_options, d
 
 
 def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Schedule, loss2: Stage2Loss,
-            ckpt: Checkpoint,
-            kind: tuple[str, dict], state: model_file.ModelFile | None, g: torch.Generator, seed: int,
-            dev: torch.device, record: dict[str, Any]) -> None:
+            ckpt: Checkpoint, state: Saved | None, g: torch.Generator, seed: int, dev: torch.device,
+            record: dict[str, Any]) -> None:
     """Stage 2: encoder and prior frozen; the decoder and tail are fine-tuned on the hard-quantised latent of
     augmented images with the KD loss against the teacher's logits on the same images (loss2: its alpha, mixed
     images or not). SGD, x0.1 at half-way.
-    `kind`: the checkpoint's (what, setup); `state`: a checkpoint that finished a stage-2 epoch (resume after it),
-    or None."""
+    `state`: a checkpoint that finished a stage-2 epoch (resume after it), or None."""
     _frozen(student.encoder)
     _frozen(student.entropy_bottleneck)
     for p in list(student.decoder.parameters()) + list(student.tail.parameters()) + list(student.linear.parameters()):
@@ -571,7 +524,7 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
     opt = torch.optim.SGD(params, lr=stage2.lr, momentum=0.9, weight_decay=5e-4)
     start = 0
     if state is not None and int(state.meta["stage"]) == 2:
-        opt.load_state_dict(model_file.unflatten_optimizer(state.tensors, state.meta["optimizer"]))
+        opt.load_state_dict(state.optimizer)
         start = int(state.meta["epoch"]) + 1
         record.update(state.meta.get("record", {}))
         g.manual_seed(seed * 1000 + 500 + start)
@@ -585,7 +538,7 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
     bar = progress(total=total, desc="student stage 2", unit="step")
     seen = 0
     for epoch in range(start, stage2.epochs):
-        _set_lr(opt, _lr_at(epoch, stage2.epochs, stage2.lr, milestones=(0.5,)))
+        set_lr(opt, stage2.lr * step_decay(epoch, stage2.epochs, milestones=(0.5,)))
         student.train()
         student.encoder.eval()
         student.entropy_bottleneck.eval()
@@ -608,7 +561,8 @@ def _stage2(student: Student, teacher: CifarResNet, train: ImageSet, stage2: Sch
             _step(opt, loss, "student stage 2", epoch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, kd=f"{loss.item():.3f}")
-        ckpt.save(*kind, 2, epoch, student, opt, {"record": record})
+        if ckpt.due():
+            ckpt.save(student, opt, {"stage": 2, "epoch": epoch, "record": record})
         if (stage2.max_time is not None and time.time() - t0 > stage2.max_time) or \
                 (stage2.max_images is not None and seen >= stage2.max_images):
             break

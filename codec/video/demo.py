@@ -60,8 +60,7 @@ def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "
     The learning rate is 5x HNeRV's 1e-3: a fit of a few minutes on a CPU ends long before the paper's 300 epochs,
     and on carphone a 60 s fit reached 22.4 dB at 5e-3 against 18.1 dB at 1e-3 and 20.5 dB at 1e-2.
     """
-    from bitstream.container import Reader
-    from codec import registry
+    from codec import api, registry
     from codec.data import bundled_clip
     from codec.video import metrics
     from codec.video.io import read_video
@@ -76,12 +75,13 @@ def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "
 
     say(f"[1/3] fitting HNeRV ({size or 'default size'}) to {src} for up to {max_time:.0f} s on {device} ...")
     codec = registry.get("hnerv")
-    opts = {"device": device, "seed": 0, "json": as_json, "frames": frames, "crop": None, "epochs": None,
-            "max_time": max_time, "size": size, "bpp": None, "resume": False, "batch_size": batch_size, "lr": lr}
-    enc = codec.encode([src], str(ncb), opts)
+    options = codec.Options(device=device, max_frames=frames, max_time=max_time, size=size, batch_size=batch_size,
+                            lr=lr)
+    enc = api.encode_file(codec, src, ncb, options)
 
     say(f"[2/3] decoding {ncb} -> {decoded_path} ...")
-    dec = codec.decode(Reader.from_path(ncb), str(decoded_path), {"device": device, "frames": None})
+    codec, decoded, dopts = api.open_file(ncb, device=device)
+    dec = codec.save(decoded, str(decoded_path), dopts)
     original = read_video(src, frames=frames)
     decoded = read_video(decoded_path).frames
     psnr_decoded = metrics.psnr(original.frames, decoded)[0]

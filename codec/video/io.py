@@ -94,27 +94,35 @@ def _check_options(frames, crop, start) -> tuple[int, int] | None:
 
 
 class _FrameBuffer:
-    """Frames appended into one preallocated array (no list + stack, which would hold the clip twice)."""
+    """Frames appended into one preallocated array (no list + stack, which would hold the clip twice); `take` hands
+    them over and the next frames go into a new array, checked against the first frame's size all the same."""
 
     def __init__(self, capacity: int):
         self.capacity = max(1, capacity)
         self.array: np.ndarray | None = None
-        self.count = 0
+        self.count = 0              # frames in the array
+        self.seen = 0               # frames appended in all
+        self.shape: tuple | None = None
 
     def append(self, frame: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = frame.shape
+        elif frame.shape != self.shape:
+            raise UserError(f"frame {self.seen} is {frame.shape[1]}x{frame.shape[0]}, "
+                            f"the first was {self.shape[1]}x{self.shape[0]}")
         if self.array is None:
             self.array = np.empty((self.capacity, *frame.shape), np.uint8)
-        elif frame.shape != self.array.shape[1:]:
-            raise UserError(f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]}, "
-                            f"the first was {self.array.shape[2]}x{self.array.shape[1]}")
-        if self.count == self.array.shape[0]:
+        elif self.count == self.array.shape[0]:
             self.array = np.concatenate([self.array, np.empty_like(self.array)])
         self.array[self.count] = frame
         self.count += 1
+        self.seen += 1
 
-    def result(self) -> np.ndarray:
+    def take(self) -> np.ndarray:
         assert self.array is not None
-        return self.array if self.count == self.array.shape[0] else self.array[:self.count].copy()
+        out = self.array if self.count == self.array.shape[0] else self.array[:self.count].copy()
+        self.array, self.count = None, 0
+        return out
 
 
 def read_video(path: str | os.PathLike, frames: int | None = None, crop: tuple[int, int] | str | None = None,
@@ -124,16 +132,38 @@ def read_video(path: str | os.PathLike, frames: int | None = None, crop: tuple[i
     `path` is a video file FFmpeg can read (mp4, mkv, avi, y4m, raw .h264/.hevc, a single image) or a folder of
     PNG files, taken in natural name order (frame2 before frame10).
     """
+    return next(iter_video(path, None, frames, crop, start))
+
+
+def iter_video(path: str | os.PathLike, batch: int | None, frames: int | None = None,
+               crop: tuple[int, int] | str | None = None, start: int = 0) -> Iterator[VideoClip]:
+    """read_video in pieces of `batch` frames (the last may be shorter; None: one piece), decoded as they are asked
+    for, so a long video is never held whole. The pieces together are exactly read_video's frames."""
     crop = _check_options(frames, crop, start)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch <= 0):
+        raise UserError(f"batch must be a positive integer, got {batch!r}")
     p = Path(path)
     if not p.exists():
         raise UserError(f"no such file or folder: {p}")
     if p.is_dir():
-        return _read_png_folder(p, frames, crop, start)
-    return _read_av(p, frames, crop, start)
+        yield from _iter_png_folder(p, batch, frames, crop, start)
+    else:
+        yield from _iter_av(p, batch, frames, crop, start)
 
 
-def _read_av(path: Path, frames: int | None, crop, start: int) -> VideoClip:
+def frame_count(path: str | os.PathLike) -> int | None:
+    """The frame count a video's header claims (PNG folders: their .png files), or None: for progress bars."""
+    p = Path(path)
+    if p.is_dir():
+        return sum(1 for f in p.iterdir() if f.suffix.lower() == ".png" and f.is_file()) or None
+    try:
+        with av.open(str(p), metadata_errors="ignore") as c:
+            return int(c.streams.video[0].frames or 0) or None
+    except (av.FFmpegError, OSError, IndexError):
+        return None
+
+
+def _iter_av(path: Path, batch: int | None, frames: int | None, crop, start: int) -> Iterator[VideoClip]:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError) as e:
@@ -147,7 +177,8 @@ def _read_av(path: Path, frames: int | None, crop, start: int) -> VideoClip:
         hint = max(int(stream.frames or 0) - start, 0)
         # preallocate for the frames the file says it has; without that, start small and grow (a huge `frames`
         # on a raw stream must not allocate for frames that are not there)
-        buf = _FrameBuffer(min(frames or hint, hint) if hint else min(frames or 64, 64))
+        capacity = min(frames or hint, hint) if hint else min(frames or 64, 64)
+        buf = _FrameBuffer(min(capacity, batch) if batch else capacity)
         index = 0
         try:
             for frame in container.decode(stream):
@@ -156,20 +187,23 @@ def _read_av(path: Path, frames: int | None, crop, start: int) -> VideoClip:
                     continue
                 rgb = frame.to_ndarray(format="rgb24")
                 buf.append(center_crop(rgb, crop) if crop else rgb)
-                if frames is not None and buf.count == frames:
+                if buf.count == batch:
+                    yield VideoClip(buf.take(), fps, str(path))
+                if frames is not None and buf.seen == frames:
                     break  # stop decoding as soon as we have what was asked for
         except av.FFmpegError as e:
             raise UserError(f"cannot decode {path} (frame {index}): {_one_line(e)}") from None
-    if buf.count == 0:
+    if buf.seen == 0:
         raise UserError(f"{path}: no frames to read" + (f" from frame {start} (it has {index})" if start else ""))
-    return VideoClip(buf.result(), fps, str(path))
+    if buf.count:
+        yield VideoClip(buf.take(), fps, str(path))
 
 
 def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _read_png_folder(folder: Path, frames: int | None, crop, start: int) -> VideoClip:
+def _iter_png_folder(folder: Path, batch: int | None, frames: int | None, crop, start: int) -> Iterator[VideoClip]:
     from PIL import Image, UnidentifiedImageError
 
     files = sorted((f for f in folder.iterdir() if f.suffix.lower() == ".png" and f.is_file()),
@@ -179,17 +213,19 @@ def _read_png_folder(folder: Path, frames: int | None, crop, start: int) -> Vide
     chosen = files[start:start + frames if frames else None]
     if not chosen:
         raise UserError(f"{folder}: no frames to read from frame {start} (it has {len(files)})")
-    buf = _FrameBuffer(len(chosen))
-    for f in chosen:
-        try:
-            with Image.open(f) as img:
-                if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-                    raise UserError(f"{f}: PNG mode {img.mode} is not 8-bit RGB/gray")
-                rgb = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot read image {f}: {_one_line(e)}") from None
-        buf.append(center_crop(rgb, crop) if crop else rgb)
-    return VideoClip(buf.result(), DEFAULT_FPS, str(folder))
+    batch = batch or len(chosen)
+    buf = _FrameBuffer(min(batch, len(chosen)))
+    for i in range(0, len(chosen), batch):
+        for f in chosen[i:i + batch]:
+            try:
+                with Image.open(f) as img:
+                    if img.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                        raise UserError(f"{f}: PNG mode {img.mode} is not 8-bit RGB/gray")
+                    rgb = np.asarray(img.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"cannot read image {f}: {_one_line(e)}") from None
+            buf.append(center_crop(rgb, crop) if crop else rgb)
+        yield VideoClip(buf.take(), DEFAULT_FPS, str(folder))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

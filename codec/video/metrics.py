@@ -56,18 +56,6 @@ def psnr(ref, dist, max_db: float | None = None) -> tuple[float, np.ndarray]:
     return float(per_frame.mean()), per_frame
 
 
-def psnr_torch(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-frame PSNR in dB of [N, C, H, W] (or [C, H, W]) tensors in [0, 1]; differentiable; eps keeps it finite."""
-    if pred.shape != target.shape:
-        raise ValueError(f"shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-    if pred.dim() == 3:
-        pred, target = pred[None], target[None]
-    diff = pred - target
-    diff = diff.to(torch.promote_types(diff.dtype, torch.float32))  # half/bfloat16 -> float32; float64 stays
-    mse = diff.pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse + eps)
-
-
 def ms_ssim_config(height: int, width: int) -> tuple[str, int]:
     """("ms-ssim" or "ssim", Gaussian window size) used for frames of this size.
 

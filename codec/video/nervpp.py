@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from bitstream.errors import BitstreamError
 from codec.errors import UserError
-from codec.registry import register
 from codec.video.inr_codec import FAMILIES, Family, INRVideoCodec
+from codec.video.options import NeRVPPOptions
 from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, choose_geometry,
                                 meta_count, solve_width)
 
@@ -239,11 +239,8 @@ class NeRVPPFamily(Family):
 FAMILIES["nervpp"] = NeRVPPFamily()
 
 
-@register
 class NeRVPPCodec(INRVideoCodec):
     name = "nervpp"
     family_name = "nervpp"
+    Options = NeRVPPOptions
     description = "NeRV++: NeRV with gated/separable residual blocks and bilinear skips (Ghorbel & Hamidouche 2024)"
-
-    def encode(self, inputs, output, opts):
-        return super().encode(inputs, output, {**opts, "size": parse_alias(opts.get("size"))})

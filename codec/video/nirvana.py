@@ -18,19 +18,17 @@ No official code exists; every choice below is ours and docs/NIRVANA.md gives th
 - decoding frames A:B reads only the sections of the groups that hold them and of the groups back to their key
   group (entropy decoding only: those groups are not rendered); rendering runs several groups in one batched pass
   (grouped convolutions and batched matmuls), in fixed-size chunks so any range gives the full decode's frames.
-Encoding runs the shared fit loop (codec.fit.fit) once per group; --epochs is steps per group (the first group,
-fitted from scratch, gets FIRST_GROUP_FACTOR times as many); --max-time is split over groups the same way.
+Encoding runs the shared fit loop (codec.fit.fit) once per group, --steps-per-group steps (the first group, fitted
+from scratch, gets FIRST_GROUP_FACTOR times as many); --max-time is split over groups the same way.
 """
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Iterator
 
-import click
 import numpy as np
 import torch
 import torch.nn as nn
@@ -40,20 +38,21 @@ from bitstream import coder
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
+from codec.base import DecodedVideo, Encoded, Job, VideoCodec, header_fps, video_header
 from codec.device import device_name, pick_device, seed_everything
 from codec.errors import UserError
-from codec.fit import FitConfig, cpu_thread_limit, device_frames_psnr, fit, frames_to_device
+from codec.fit import FitConfig, fit, frames_to_device
 from codec.quant import QuantizedTensor, round_ste
-from codec.registry import Codec, register
-from codec.video.inr_codec import parse_frame_range
 from codec.video.layers import StoredConfig, parse_size, solve_width
+from codec.video.options import NirvanaOptions
 
 VERSION = 1
 MAX_GROUP = 64
 FIRST_GROUP_FACTOR = 4          # the first group is fitted from scratch: this many times the steps of the others
-DEFAULT_STEPS = 150             # steps per group when neither --epochs nor --max-time is given
+DEFAULT_STEPS = 150             # steps per group when neither --steps-per-group nor --max-time is given
 DEFAULT_LAMBDA = 0.01           # MSE (frames in [0, 1]) + lambda * bits per pixel
-DEFAULT_LR = 3.0                # Adam step of the latents, in integer units (the first group; later ones half)
+DEFAULT_LR = 3.0                # --latent-lr: Adam step of the latents, in integer units (the first group;
+                                # later ones half)
 INIT_LEVELS = 127               # initial step = init bound / 127: an 8-bit grid over the initial weights
 MAX_SYMBOL = (1 << 15) - 1      # integers are kept within 16-bit symmetric range (the shared quantiser's limit)
 STEP_LR = 2e-3                  # wanted Adam step of log(step) per iteration ...
@@ -347,16 +346,11 @@ def decode_chunk_groups(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 2
 
 
-class LoadedFile:
-    """A NIRVANA file's config and steps; group weights are decoded on demand, only for the groups asked for."""
+class LoadedFile(DecodedVideo):
+    """A NIRVANA file's config and steps (after Codec.check); group weights are decoded on demand, only for the
+    groups asked for."""
 
     def __init__(self, reader: Reader, device: torch.device):
-        if reader.codec != NirvanaCodec.name:
-            raise BitstreamError(f"this is a {reader.codec!r} file, not 'nirvana'")
-        if reader.codec_version != VERSION:
-            raise BitstreamError(f"nirvana version {reader.codec_version} is not supported (this ncodec reads "
-                                 f"version {VERSION})")
-        reader.require_known(lambda n: n in ("config", "steps") or n.startswith("group/"))
         raw = reader.payload("config")
         if len(raw) > MAX_CONFIG_BYTES:
             raise BitstreamError("config section is too large")
@@ -369,10 +363,10 @@ class LoadedFile:
             raise BitstreamError("config section is not a valid NIRVANA config")
         self.cfg = NirvanaConfig.from_dict(model)
         h = reader.header
-        if (h.get("kind") != "video" or h.get("width") != self.cfg.width or h.get("height") != self.cfg.height
-                or h.get("frames") != self.cfg.frames):
+        if h.get("width") != self.cfg.width or h.get("height") != self.cfg.height or h.get("frames") != self.cfg.frames:
             raise BitstreamError("header and config section disagree on the video size")
-        self.fps = Fraction(int(h["fps_num"]), int(h["fps_den"]))
+        self.width, self.height, self.num_frames = self.cfg.width, self.cfg.height, self.cfg.frames
+        self.fps = header_fps(h)
         self.shapes = [s for _, s in self.cfg.tensor_shapes()]
         sr = ByteReader(reader.payload("steps"), what="steps section")
         self.steps = sr.array(max_elements=len(self.shapes))
@@ -413,115 +407,50 @@ class LoadedFile:
             out[g] = cur
         return out
 
-    def render(self, start: int = 0, stop: int | None = None, chunk: int | None = None
-               ) -> Iterator[tuple[int, torch.Tensor]]:
-        """(first frame, uint8 [n, H, W, 3] on the device) for frames start..stop, group chunk by group chunk."""
-        cfg = self.cfg
-        stop = cfg.frames if stop is None else stop
-        g0, g1 = start // cfg.group, (stop - 1) // cfg.group
-        groups = list(range(g0, g1 + 1))
-        q = self.integers(groups)
-        chunk = chunk or decode_chunk_groups(self.device)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        with torch.inference_mode():
-            for c0 in range(0, len(groups), chunk):
-                part = groups[c0:c0 + chunk]
-                ws = [dequantize(q[g], self.steps) for g in part]
-                ws += [ws[-1]] * (chunk - len(part))             # always the same batch shape (see above)
-                stacked = [torch.stack(t).to(self.device) for t in zip(*ws)]
-                frames = run_network(cfg, stacked, self.coords)[: len(part)]
-                frames = frames.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
-                for j, g in enumerate(part):
-                    a, b = cfg.group_frames(g)
-                    lo, hi = max(a, start), min(b, stop)
-                    yield lo, frames[j, lo - a: hi - a]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # the codec
 
 
-def _opt(opts, key, default):
-    v = opts.get(key)
-    return default if v is None else v
-
-
-def write_file(path: str, cfg: NirvanaConfig, fps: Fraction, steps: np.ndarray, groups: list[bytes]) -> bytes:
-    header = {"kind": "video", "width": cfg.width, "height": cfg.height, "frames": cfg.frames,
-              "fps_num": fps.numerator, "fps_den": fps.denominator, "pix_fmt": "rgb24"}
-    w = Writer(NirvanaCodec.name, VERSION, header)
+def make_writer(cfg: NirvanaConfig, fps: Fraction, steps: np.ndarray, groups: list[bytes]) -> Writer:
+    w = Writer(NirvanaCodec.name, VERSION, video_header(cfg.width, cfg.height, cfg.frames, fps))
     w.add_section("config", json.dumps({"model": cfg.to_dict()}, separators=(",", ":")).encode())
     sw = ByteWriter()
     sw.array(np.asarray(steps, np.float32))
     w.add_section("steps", sw.getvalue())
     for k, payload in enumerate(groups):
         w.add_section(f"group/{k}", payload)
-    data = w.to_bytes()
-    w.write(path)
-    return data
+    return w
 
 
-@register
-class NirvanaCodec(Codec):
+class NirvanaCodec(VideoCodec):
     name = "nirvana"
-    kind = "video"
     version = VERSION
     description = "NIRVANA: per-group patch networks, autoregressive, quantisation- and rate-aware (Maiya et al. 2023)"
-    encode_options = [
-        click.Option(["--group"], type=int, default=None, help="NIRVANA: frames per group network (default 8)."),
-        click.Option(["--lambda", "lmbda"], type=float, default=None,
-                     help=f"NIRVANA: rate weight, loss = MSE + lambda * bpp (default {DEFAULT_LAMBDA}; "
-                          "higher = smaller file)."),
-        click.Option(["--patch"], type=int, default=None,
-                     help="NIRVANA: patch side, 8/16/32/64 (default 16 below 288 lines, else 32)."),
-        click.Option(["--key-every"], type=int, default=None,
-                     help="NIRVANA: every Nth group is coded without reference (bounds random-access cost; "
-                          "default 0 = only the first)."),
-    ]
+    sections = frozenset({"config", "steps"})          # and group/<k>, one per group (see check)
+    segmentable = True
+    Options = NirvanaOptions
+
+    def known_section(self, name: str) -> bool:
+        return name in self.sections or name.startswith("group/")
 
     # -- encode
 
-    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video import metrics
-        from codec.video.io import read_video
-
-        if len(inputs) != 1:
-            raise UserError(f"nirvana encodes one video at a time, got {len(inputs)} inputs")
-        group = int(_opt(opts, "group", 8))
-        if not 1 <= group <= MAX_GROUP:
-            raise UserError(f"--group must be in 1..{MAX_GROUP}, got {group}")
-        key_every = int(_opt(opts, "key_every", 0))
-        if key_every < 0:
-            raise UserError(f"--key-every must be >= 0, got {key_every}")
-        lam = opts.get("lmbda")
-        target_bpp = opts.get("bpp")
-        if lam is not None and target_bpp is not None:
-            raise UserError("give --lambda or --bpp, not both")
-        lam = float(DEFAULT_LAMBDA if lam is None else lam)
-        if not (math.isfinite(lam) and lam >= 0):
-            raise UserError(f"--lambda must be >= 0, got {lam}")
-        patch = opts.get("patch")
-        if patch is not None and patch not in (8, 16, 32, 64):
-            raise UserError(f"--patch must be 8, 16, 32 or 64, got {patch}")
-        if opts.get("resume"):
-            raise UserError("nirvana fits one short network per group: --resume is not supported")
-        lr = float(_opt(opts, "lr", DEFAULT_LR))
-        if not lr > 0:
-            raise UserError("--lr must be positive")
-        size = parse_size(opts.get("size"))
-        epochs, max_time = opts.get("epochs"), opts.get("max_time")
+    def encode(self, clip, options: NirvanaOptions, job: Job) -> Encoded:
+        lam = float(DEFAULT_LAMBDA if options.lmbda is None else options.lmbda)
+        target_bpp = options.bpp
+        lr = float(options.latent_lr or DEFAULT_LR)
+        size = parse_size(options.size)
+        epochs, max_time = options.steps_per_group, options.max_time
         if epochs is None and max_time is None:
             epochs = DEFAULT_STEPS
 
-        clip = read_video(inputs[0], frames=opts.get("frames"), crop=opts.get("crop"))
         T, H, Wd = clip.num_frames, clip.height, clip.width
-        device = pick_device(opts.get("device", "auto"))
-        seed = int(opts.get("seed") or 0)
-        base = NirvanaConfig(H, Wd, T, group=group, patch=patch or default_patch(H, Wd), key_every=key_every)
-        cfg = config_for_size(base, size if size is not None else default_size(H, Wd, group))
+        device = pick_device(options.device)
+        seed = options.seed
+        base = NirvanaConfig(H, Wd, T, group=options.group, patch=options.patch or default_patch(H, Wd),
+                             key_every=options.key_every)
+        cfg = config_for_size(base, size if size is not None else default_size(H, Wd, options.group))
         cfg.validate(UserError)
 
         gen = seed_everything(seed)
@@ -549,11 +478,13 @@ class NirvanaCodec(Codec):
                 return F.mse_loss(out, target) + lam * model.rate_bits() / pixels
 
             share = weights[k] / sum(weights)
+            # no checkpoint: each group is a short fit of its own, and a group's file section is its result
             fcfg = FitConfig(epochs=None if epochs is None else epochs * weights[k],
                              max_time=None if max_time is None else max_time * share,
                              batch_size=b - a, lr=group_lr, warmup=0.1 if k == 0 else 0.0,
                              loss=loss, device=device, compile=False, seed=seed + k, log_every=10,
-                             desc=f"nirvana group {k + 1}/{n_groups}")
+                             desc=f"nirvana group {k + 1}/{n_groups}", on_progress=job.on_progress,
+                             show_bar=job.show_bar)
             res = fit(model, data[a:b], fcfg)
             fit_seconds += res.seconds
             fit_psnr.append(res.psnr)
@@ -574,56 +505,53 @@ class NirvanaCodec(Codec):
                 budget = target_bpp * b * H * Wd - overhead_bits
                 ratio = spent_bits / max(budget, 1.0)
                 lam = float(min(max(lam * ratio ** 2, lam / 4), lam * 4)) if lam > 0 else DEFAULT_LAMBDA * ratio
-        file_bytes = write_file(output, cfg, clip.fps, steps.numpy().astype(np.float32), payloads)
+        writer = make_writer(cfg, clip.fps, steps.numpy().astype(np.float32), payloads)
 
-        # decode the file as `ncodec decode` will, and measure it
-        t0 = time.perf_counter()
-        loaded = LoadedFile(Reader.from_bytes(file_bytes), device)
-        decoded = np.empty_like(clip.frames)
-        psnrs = []
-        with cpu_thread_limit(device):
-            for first, batch in loaded.render():
-                n = batch.shape[0]
-                psnrs.append(device_frames_psnr(data[first:first + n].permute(0, 2, 3, 1), batch).cpu())
-                decoded[first:first + n] = batch.cpu().numpy()
-        decode_seconds = time.perf_counter() - t0
-        per_frame = torch.cat(psnrs).numpy()
-        group_psnr = [float(per_frame[a:b].mean()) for a, b in (cfg.group_frames(k) for k in range(n_groups))]
-        return {
-            "file": str(output), "bytes": len(file_bytes),
-            "bpp": metrics.bpp(len(file_bytes), T, H, Wd),
-            "psnr": float(per_frame.mean()),
-            "ms_ssim": float(metrics.ms_ssim(clip.frames, decoded, device=device)),
+        measured = self.measure(writer.to_bytes(), clip.frames, device)
+        per_frame = measured.pop("per_frame_psnr")
+        group_psnr = [float(np.mean(per_frame[a:b])) for a, b in (cfg.group_frames(k) for k in range(n_groups))]
+        return Encoded(writer, {
+            **measured,
             "fit_seconds": round(fit_seconds, 2), "device": device_name(device),
             "params": cfg.params(), "groups": n_groups, "group": cfg.group, "patch": cfg.patch,
             "hidden": cfg.hidden, "channels": cfg.channels, "key_every": cfg.key_every,
             "lambda": lams[0] if lams else lam,
             "frames": T, "height": H, "width": Wd,
-            "decode_fps": round(T / max(decode_seconds, 1e-9), 1),
             "group_bits": group_bits, "group_psnr": [round(p, 3) for p in group_psnr],
             "group_lambda": lams, "group_fit_psnr": [round(p, 3) for p in fit_psnr], "group_steps": fit_steps,
-        }
+        })
 
     # -- decode
 
-    def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video.io import stream_frames
+    def load(self, reader: Reader, options) -> LoadedFile:
+        return LoadedFile(reader, pick_device(options.device))
 
-        device = pick_device(opts.get("device", "auto"))
-        t0 = time.perf_counter()
-        loaded = LoadedFile(reader, device)
-        a, b = parse_frame_range(opts.get("frames"), loaded.cfg.frames)
-        with cpu_thread_limit(device):
-            n, secs = stream_frames((batch for _, batch in loaded.render(a, b)), output, loaded.cfg.width,
-                                    loaded.cfg.height, loaded.fps)
-        return {"frames": n, "width": loaded.cfg.width, "height": loaded.cfg.height,
-                "fps": round(n / max(secs, 1e-9), 1), "seconds": round(time.perf_counter() - t0, 3),
-                "groups_read": sorted(set(loaded.sections_read)),
-                "output": output or "(none: decoded and discarded)", "device": device_name(device)}
+    def render(self, decoded: LoadedFile, start: int, stop: int, batch_size: int | None) -> Iterator[torch.Tensor]:
+        """Frames start..stop, group by group; the groups run in chunks of decode_chunk_groups (not batch_size:
+        the chunk is fixed per device so that any range decodes to the full decode's frames)."""
+        cfg = decoded.cfg
+        groups = list(range(start // cfg.group, (stop - 1) // cfg.group + 1))
+        q = decoded.integers(groups)
+        chunk = decode_chunk_groups(decoded.device)
+        for c0 in range(0, len(groups), chunk):
+            part = groups[c0:c0 + chunk]
+            ws = [dequantize(q[g], decoded.steps) for g in part]
+            ws += [ws[-1]] * (chunk - len(part))             # always the same batch shape (see above)
+            stacked = [torch.stack(t).to(decoded.device) for t in zip(*ws)]
+            frames = run_network(cfg, stacked, decoded.coords)[: len(part)]
+            for j, g in enumerate(part):
+                a, b = cfg.group_frames(g)
+                yield frames[j, max(a, start) - a: min(b, stop) - a]
+
+    def save(self, decoded, output: str | None, options) -> dict[str, Any]:
+        summary = super().save(decoded, output, options)
+        if isinstance(decoded, LoadedFile):          # a --segment file's parts are opened and dropped one by one
+            summary["groups_read"] = sorted(set(decoded.sections_read))
+        return summary
 
     def info(self, reader: Reader) -> dict[str, Any]:
         try:
-            loaded = LoadedFile(reader, torch.device("cpu"))
+            loaded = self.open(reader, self.DecodeOptions(device="cpu"))
         except BitstreamError as e:
             return {"model": f"unreadable ({e})"}
         c = loaded.cfg

@@ -19,17 +19,14 @@ Deviations from the paper, and why, are in docs/PFNR.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Iterator
 
-import click
 import numpy as np
 import torch
 import torch.nn as nn
@@ -40,15 +37,16 @@ from bitstream.atomic import write_atomic
 from bitstream.container import MAX_COUNT, Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
+from codec.base import DecodedVideo, Encoded, Job, VideoCodec, read_clips, video_header
 from codec.device import device_name, pick_device, seed_everything
 from codec.errors import UserError
-from codec.fit import FitConfig, device_frames_psnr, fit
+from codec.fit import FitConfig, fit
 from codec.quant import QuantizedTensor, quantize
-from codec.registry import Codec, register
 from codec.video import weights as W
-from codec.video.inr_codec import decode_batch_size, parse_frame_range
+from codec.video.inr_codec import decode_batch_size
 from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, activation,
                                 choose_geometry, meta_count, parse_size, solve_width)
+from codec.video.options import PFNRDecodeOptions, PFNROptions
 
 VERSION = 1
 MAX_SESSIONS = 255
@@ -344,8 +342,7 @@ class Library:
 
     @classmethod
     def read(cls, reader: Reader, upto: int | None = None) -> "Library":
-        """The library as the decoder sees it after sessions 1..upto (all by default)."""
-        check_reader(reader)
+        """The library as the decoder sees it after sessions 1..upto (all by default), from a checked file."""
         lib = cls._from_config(reader.payload("config"))
         n = reader.header["videos"]
         if (lib.cfg.height, lib.cfg.width) != (reader.header["height"], reader.header["width"]):
@@ -387,29 +384,16 @@ class Library:
     def session_bytes(self, k: int) -> int:
         return sum(len(p) for p in self.payloads[k - 1].values())
 
-    def to_bytes(self) -> bytes:
-        first = self.metas[0]
-        header = {"kind": "video", "width": self.cfg.width, "height": self.cfg.height,
-                  "frames": sum(m.frames for m in self.metas), "fps_num": first.fps.numerator,
-                  "fps_den": first.fps.denominator, "pix_fmt": "rgb24", "videos": self.num_videos}
+    def writer(self) -> Writer:
+        """The whole library as a file (the header's frame rate is video 1's)."""
+        header = video_header(self.cfg.width, self.cfg.height, sum(m.frames for m in self.metas), self.metas[0].fps,
+                              videos=self.num_videos)
         writer = Writer(PFNRCodec.name, VERSION, header)
         writer.add_section("config", self.config_payload)
         for k, payloads in enumerate(self.payloads, 1):
             for kind in KINDS:
                 writer.add_section(f"s{k}/{kind}", payloads[kind])
-        return writer.to_bytes()
-
-
-def check_reader(reader: Reader) -> None:
-    if reader.codec != PFNRCodec.name:
-        raise UserError(f"this is a {reader.codec!r} file, not a pfnr library")
-    if reader.codec_version != VERSION:
-        raise BitstreamError(f"pfnr version {reader.codec_version} is not supported (this ncodec reads version "
-                             f"{VERSION})")
-    reader.require_known(lambda name: name == "config" or SECTION_RE.fullmatch(name) is not None)
-    n = reader.header.get("videos")
-    if reader.header.get("kind") != "video" or not isinstance(n, int) or not 1 <= n <= MAX_SESSIONS:
-        raise BitstreamError("header: a pfnr library needs kind=video and videos in 1..255")
+        return writer
 
 
 # -- masks and new weights <-> bytes
@@ -481,7 +465,7 @@ def decode_new_weights(data: bytes, new: dict[str, torch.Tensor], what: str) -> 
 
 
 def fit_session(lib: Library, frames: np.ndarray, name: str, fps: Fraction, device: torch.device, seed: int,
-                epochs: int | None, max_time: float | None) -> dict[str, Any]:
+                epochs: int | None, max_time: float | None, job: Job) -> dict[str, Any]:
     """Fit video number len(lib)+1 against the library's stored weights and add its sections to `lib`."""
     k = lib.num_videos + 1
     if k > MAX_SESSIONS:
@@ -495,7 +479,8 @@ def fit_session(lib: Library, frames: np.ndarray, name: str, fps: Fraction, devi
     r = lib.recipe
     cfg = FitConfig(epochs=epochs, max_time=max_time, batch_size=int(r["batch_size"]), lr=float(r["lr"]),
                     betas=tuple(r["betas"]), warmup=float(r["warmup"]), loss=str(r["loss"]), device=device,
-                    seed=seed + k, compile=False, desc=f"pfnr video {k}")
+                    seed=seed + k, compile=False, desc=f"pfnr video {k}", on_progress=job.on_progress,
+                    show_bar=job.show_bar)
     result = fit(model, frames, cfg)
 
     latent, masks = {}, {}
@@ -523,34 +508,15 @@ def fit_session(lib: Library, frames: np.ndarray, name: str, fps: Fraction, devi
 # decoding
 
 
-def render(model: PFNR, device: torch.device, start: int = 0, stop: int | None = None,
-           batch_size: int | None = None) -> Iterator[torch.Tensor]:
-    """Frames start..stop of one video as uint8 [B, H, W, 3] on `device`, in float32 everywhere (no TF32,
-    deterministic algorithms on CUDA), so the same file decodes to the same frames every time on the same device."""
-    stop = model.frames if stop is None else stop
-    bs = batch_size or decode_batch_size(device)
-    if device.type == "cuda":
-        # the same algorithms and precision in every process (fitting turns TF32 on; a fresh decoder would not)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    with torch.inference_mode():
-        for s in range(start, stop, bs):
-            idx = torch.arange(s, min(s + bs, stop), device=device)
-            out = model(idx)
-            yield out.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1)
+class LibraryVideo(DecodedVideo):
+    """One video of a library, opened: its network, rebuilt from sessions 1..video."""
 
-
-def decode_video(reader: Reader, k: int, device: torch.device) -> np.ndarray:
-    """All frames of video k as uint8 [T, H, W, 3] (for tests and benchmarks)."""
-    lib = Library.read(reader, upto=k)
-    return torch.cat(list(render(lib.session_model(k, device), device))).cpu().numpy()
-
-
-def frames_digest(frames: np.ndarray) -> str:
-    """SHA-256 of decoded frames: what "decodes to exactly the same frames" is checked with."""
-    return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+    def __init__(self, lib: Library, video: int, device: torch.device):
+        meta = lib.metas[video - 1]
+        self.video, self.name = video, meta.name
+        self.model = lib.session_model(video, device)
+        self.width, self.height, self.num_frames, self.fps = lib.cfg.width, lib.cfg.height, meta.frames, meta.fps
+        self.device = device
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,70 +531,55 @@ def _read_or_none(path: str) -> bytes | None:
         return None
 
 
-def _opt(opts: dict, key: str, default):
-    v = opts.get(key)
-    return default if v is None else v
+def _check_size(clips: list, size: tuple[int, int]) -> None:
+    for c in clips:
+        if (c.height, c.width) != size:
+            raise UserError(f"{c.source} is {c.width}x{c.height} but the library holds {size[1]}x{size[0]} frames: "
+                            f"scale or crop every video to one size first (see docs/PFNR.md)")
 
 
-def check_density(value) -> float:
-    d = float(value)
-    if not (0.0 < d <= 1.0):
-        raise UserError(f"--density must be in (0, 1], got {value}")
-    return d
-
-
-@register
-class PFNRCodec(Codec):
+class PFNRCodec(VideoCodec):
     name = "pfnr"
-    kind = "video"
     version = VERSION
     description = "PFNR: a library of videos in one masked network, appendable (Kang et al. 2024)"
-    takes_many_inputs = True          # several inputs are one library, not a batch of separate files
+    sections = frozenset({"config"})        # and sK/meta, sK/mask, sK/weights, sK/head per video (see check)
+    many_inputs = True                      # several inputs are one library, not a batch of separate files
+    Options = PFNROptions
+    DecodeOptions = PFNRDecodeOptions
 
-    encode_options = [
-        click.Option(["--density"], type=float, default=None,
-                     help="PFNR: share of each supernet tensor a video uses, in (0, 1] (default 0.3)."),
-        click.Option(["--weight-bits"], type=int, default=None, help="INR codecs: bits per weight (default 8)."),
-        click.Option(["--lr"], type=float, default=None, help="Peak learning rate (NeRV 5e-4, HNeRV 1e-3)."),
-        click.Option(["--batch-size"], type=int, default=None,
-                     help="Frames per step when fitting (NeRV 1, HNeRV 2) / per call when decoding."),
-    ]
-    decode_options = [
-        click.Option(["--video"], type=int, default=None,
-                     help="PFNR: which video of the library to decode, from 1 (required when it holds several)."),
-        click.Option(["--batch-size"], type=int, default=None, help="Frames per decoder call."),
-    ]
+    def known_section(self, name: str) -> bool:
+        return name in self.sections or SECTION_RE.fullmatch(name) is not None
+
+    def check(self, reader: Reader) -> None:
+        super().check(reader)
+        n = reader.header.get("videos")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SESSIONS:
+            raise BitstreamError(f"header: a pfnr library needs videos in 1..{MAX_SESSIONS}")
 
     # -- encode and append
 
-    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
-        if not inputs:
-            raise UserError("pfnr needs at least one video")
-        density = check_density(_opt(opts, "density", DEFAULT_DENSITY))
-        bits = int(_opt(opts, "weight_bits", 8))
-        if not 2 <= bits <= 16:
-            raise UserError(f"--weight-bits must be in 2..16, got {bits}")
-        lr = float(_opt(opts, "lr", DEFAULT_LR))
-        batch_size = int(_opt(opts, "batch_size", 1))
-        if batch_size <= 0 or not lr > 0:
-            raise UserError("--batch-size and --lr must be positive")
-        if opts.get("bpp") is not None:
-            raise UserError("pfnr sizes its shared network with --size (a library's bpp grows with each video)")
-        if opts.get("resume"):
-            raise UserError("pfnr does not resume checkpoints: each video is one session, rerun it")
-        if len(inputs) > MAX_SESSIONS:
+    def read(self, source: Any, options: PFNROptions) -> list:
+        """The library's videos (a path, a list of paths or one array), all of one frame size."""
+        clips = read_clips(source, options)
+        if len(clips) > MAX_SESSIONS:
             raise UserError(f"a pfnr library holds at most {MAX_SESSIONS} videos")
-        size = parse_size(opts.get("size"))
-        clips = self._read_clips(inputs, opts, None)
+        _check_size(clips, (clips[0].height, clips[0].width))
+        return clips
+
+    def encode(self, clips: list, options: PFNROptions, job: Job) -> Encoded:
+        density, bits = options.density, options.weight_bits
+        size = parse_size(options.size)
         h, w = clips[0].height, clips[0].width
         if size is None:
             size = default_size(np.mean([c.num_frames for c in clips]) * h * w, density, bits)
-        cfg = pfnr_config(h, w, size)
-        recipe = {"lr": lr, "betas": [0.5, 0.999], "warmup": 0.2, "loss": "l1_ssim", "batch_size": batch_size}
-        lib = Library.create(cfg, density, bits, recipe)
-        return self._add_and_write(lib, clips, output, opts, first_new=1)
+        recipe = {"lr": float(options.lr or DEFAULT_LR), "betas": [0.5, 0.999], "warmup": 0.2, "loss": "l1_ssim",
+                  "batch_size": options.batch_size}
+        lib = Library.create(pfnr_config(h, w, size), density, bits, recipe)
+        return self._add(lib, clips, options, job)
 
-    def append(self, path: str, inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
+    def append(self, path: str, inputs: list[str], options: PFNROptions, job: Job | None = None) -> dict[str, Any]:
+        """Fit `inputs` as the library's next videos and replace the file with the longer library. The library's
+        own settings (size, density, weight bits, learning rate, batch size) hold: `options` gives the rest."""
         if not inputs:
             raise UserError("append needs at least one video")
         with open(path, "rb") as f:
@@ -636,103 +587,79 @@ class PFNRCodec(Codec):
         reader = Reader.from_bytes(before)
         if reader.codec != self.name:
             raise UserError(f"{path} is a {reader.codec!r} file: only pfnr libraries can be appended to")
+        self.check(reader)
         try:
             lib = Library.read(reader)
         except BitstreamError as e:
             raise BitstreamError(f"{path}: cannot append to a damaged library ({e})") from None
-        if lib.num_videos + len(inputs) > MAX_SESSIONS:
+        clips = read_clips(inputs, options)
+        if lib.num_videos + len(clips) > MAX_SESSIONS:
             raise UserError(f"a pfnr library holds at most {MAX_SESSIONS} videos")
-        clips = self._read_clips(inputs, opts, (lib.cfg.height, lib.cfg.width))
-        return self._add_and_write(lib, clips, path, opts, first_new=lib.num_videos + 1, unchanged=before)
+        _check_size(clips, (lib.cfg.height, lib.cfg.width))
+        encoded = self._add(lib, clips, options, job or Job())
+        data = encoded.writer.to_bytes()
+        if _read_or_none(path) != before:
+            raise UserError(f"{path} changed while this append was fitting (another append?): nothing written")
+        write_atomic(path, data)          # a library being appended to is replaced whole, or not at all
+        return {"file": str(path), **encoded.summary}
 
-    @staticmethod
-    def _read_clips(inputs: list[str], opts: dict, size: tuple[int, int] | None):
-        from codec.video.io import read_video
-
-        clips = [read_video(p, frames=opts.get("frames"), crop=opts.get("crop")) for p in inputs]
-        want = size or (clips[0].height, clips[0].width)
-        for path, c in zip(inputs, clips):
-            if (c.height, c.width) != want:
-                raise UserError(f"{path} is {c.width}x{c.height} but the library holds {want[1]}x{want[0]} frames: "
-                                f"scale or crop every video to one size first (see docs/PFNR.md)")
-        return clips
-
-    def _add_and_write(self, lib: Library, clips, output: str, opts: dict, first_new: int,
-                       unchanged: bytes | None = None) -> dict[str, Any]:
-        device = pick_device(opts.get("device", "auto"))
-        seed = int(opts.get("seed") or 0)
-        epochs, max_time = opts.get("epochs"), opts.get("max_time")
+    def _add(self, lib: Library, clips: list, options: PFNROptions, job: Job) -> Encoded:
+        """Fit each clip as the library's next video, then measure each one from the new file's bytes alone."""
+        device = pick_device(options.device)
+        epochs, max_time = options.epochs, options.max_time
         if epochs is None and max_time is None:
             epochs = DEFAULT_EPOCHS
         per_video_time = None if max_time is None else max_time / len(clips)
-        fits = []
-        for clip in clips:
-            fits.append(fit_session(lib, clip.frames, os.path.basename(str(clip.source).rstrip("/")), clip.fps,
-                                    device, seed, epochs, per_video_time))
-        data = lib.to_bytes()
-        if unchanged is not None and _read_or_none(output) != unchanged:
-            raise UserError(f"{output} changed while this append was fitting (another append?): nothing written")
-        write_atomic(output, data)          # a library being appended to is replaced whole, or not at all
-
-        # measure each new video as `ncodec decode` will produce it: from the file's bytes alone
-        reader = Reader.from_bytes(data)
-        videos, psnrs = [], []
-        for i, (clip, f) in enumerate(zip(clips, fits)):
-            k = first_new + i
-            t0 = time.perf_counter()
-            decoded = decode_video(reader, k, device)
-            seconds = time.perf_counter() - t0
-            ref = torch.from_numpy(clip.frames)
-            p = float(device_frames_psnr(ref, torch.from_numpy(decoded)).mean())
-            psnrs.append(p)
-            videos.append({"video": k, "name": lib.metas[k - 1].name, "frames": clip.num_frames, "psnr": p,
-                           "bytes_added": lib.session_bytes(k), "decode_fps": round(clip.num_frames / seconds, 1),
-                           "sha256": frames_digest(decoded), **f})
+        first_new = lib.num_videos + 1
+        fits = [fit_session(lib, c.frames, os.path.basename(str(c.source).rstrip("/")), c.fps, device, options.seed,
+                            epochs, per_video_time, job) for c in clips]
+        writer = lib.writer()
+        data = writer.to_bytes()
+        videos = []
+        for k, (clip, f) in enumerate(zip(clips, fits), first_new):
+            m = self.measure(data, clip.frames, device, video=k)
+            videos.append({"video": k, "name": lib.metas[k - 1].name, "frames": clip.num_frames, "psnr": m["psnr"],
+                           "ms_ssim": m["ms_ssim"], "bytes_added": lib.session_bytes(k),
+                           "decode_fps": m["decode_fps"], "sha256": m["sha256"], **f})
         h, w = lib.cfg.height, lib.cfg.width
         total_frames = sum(m.frames for m in lib.metas)
         summary: dict[str, Any] = {
-            "file": str(output), "bytes": len(data), "videos_in_library": lib.num_videos,
-            "bpp": len(data) * 8 / (total_frames * h * w), "psnr": float(np.mean(psnrs)),
+            "bytes": len(data), "videos_in_library": lib.num_videos,
+            "bpp": len(data) * 8 / (total_frames * h * w), "psnr": float(np.mean([v["psnr"] for v in videos])),
             "fit_seconds": round(sum(f["fit_seconds"] for f in fits), 2), "device": device_name(device),
             "supernet_params": body_params(lib.cfg), "density": lib.density, "weight_bits": lib.weight_bits,
             "height": h, "width": w,
+            "videos": videos,          # one row per video fitted now (the CLI prints it as a table)
         }
-        summary["videos"] = videos          # one row per video fitted now (the CLI prints it as a table)
-        return summary
+        return Encoded(writer, summary)
 
     # -- decode and info
 
-    def decode(self, reader: Reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.video.io import stream_frames
-
-        check_reader(reader)
+    def load(self, reader: Reader, options: PFNRDecodeOptions) -> LibraryVideo:
         n = reader.header["videos"]
-        k = opts.get("video")
+        k = options.video
         if k is None:
             if n != 1:
                 raise UserError(f"this library holds {n} videos: choose one with --video K (1..{n})")
             k = 1
         if not 1 <= k <= n:
             raise UserError(f"--video {k}: this library holds videos 1..{n}")
-        bs = opts.get("batch_size")
-        if bs is not None and bs <= 0:
-            raise UserError(f"--batch-size must be positive, got {bs}")
-        device = pick_device(opts.get("device", "auto"))
-        t0 = time.perf_counter()
-        lib = Library.read(reader, upto=k)
-        model = lib.session_model(k, device)
-        meta = lib.metas[k - 1]
-        a, b = parse_frame_range(opts.get("frames"), meta.frames)
-        count, secs = stream_frames(render(model, device, a, b, bs), output, lib.cfg.width, lib.cfg.height, meta.fps)
-        return {"video": k, "name": meta.name, "frames": count, "width": lib.cfg.width, "height": lib.cfg.height,
-                "fps": round(count / max(secs, 1e-9), 1), "seconds": round(time.perf_counter() - t0, 3),
-                "output": output or "(none: decoded and discarded)", "device": device_name(device)}
+        return LibraryVideo(Library.read(reader, upto=k), k, pick_device(options.device))
+
+    def render(self, decoded: LibraryVideo, start: int, stop: int, batch_size: int | None
+               ) -> Iterator[torch.Tensor]:
+        bs = batch_size or decode_batch_size(decoded.device)
+        for s in range(start, stop, bs):
+            yield decoded.model(torch.arange(s, min(s + bs, stop), device=decoded.device))
+
+    def save(self, decoded: LibraryVideo, output: str | None, options: PFNRDecodeOptions) -> dict[str, Any]:
+        return {"video": decoded.video, "name": decoded.name, **super().save(decoded, output, options)}
 
     def info(self, reader: Reader) -> dict[str, Any]:
         try:
-            check_reader(reader)
+            self.check(reader)
             lib = Library._from_config(reader.payload("config"))
-        except (BitstreamError, UserError) as e:
+        except BitstreamError as e:
             return {"model": f"unreadable ({e})"}
         n = reader.header["videos"]
         out: dict[str, Any] = {"model": self.name, "videos": n, "supernet_params": body_params(lib.cfg),
@@ -759,4 +686,3 @@ class PFNRCodec(Codec):
             listing.append(row)
         out["video_list"] = listing
         return out
-

@@ -12,21 +12,21 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import click
 import numpy as np
 
+from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
+from codec.base import Codec, Encoded, Job
 from codec.errors import UserError
 from codec.lossless.pc import coding
-from codec.lossless.pc.images import read_images, write_images
+from codec.lossless.pc.images import ImageSet, images_from_array, read_images, write_images
 from codec.lossless.pc.model_file import PCModel, load_model
-from codec.registry import Codec, register
+from codec.lossless.pc.options import DEFAULT_BATCH, MAX_BATCH, PCDecodeOptions, PCOptions
 
-DEFAULT_BATCH = 2000
-MAX_BATCH = 1 << 20
 _NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.png", re.IGNORECASE)
 
 
@@ -56,45 +56,52 @@ def decode_array(model: PCModel, data: bytes, count: int, device="cpu", batch: i
     return flat.reshape(count, model.height, model.width, model.channels)
 
 
-def _device(opts: dict[str, Any]):
-    from codec.device import pick_device
+@dataclass
+class DecodedImages:
+    """A decoded pc file: its images, their stored names, and how the decode went."""
 
-    return pick_device(opts.get("device") or "auto")
+    pixels: np.ndarray            # [N, H, W, C] uint8
+    names: list[str] | None
+    squeeze: bool                 # the input was N x H x W: arrays and .npy outputs come back that way
+    device: str
+    seconds: float
 
 
-@register
 class PCCodec(Codec):
     name = "pc"
-    version = coding.VERSION          # the coder's message arithmetic (coding.py); version 1 files still decode
+    version = coding.VERSION          # the coder's message arithmetic (coding.py)
+    readable = coding.VERSIONS        # version 1 files still decode, with version 1 arithmetic
     kind = "images"
-    takes_many_inputs = True          # every image goes into the one .ncb file
     description = "lossless images: hidden Chow-Liu tree circuit (--model MODEL.pcm) + range coder"
-    encode_options = [
-        click.Option(["--pc-batch"], type=int, default=DEFAULT_BATCH, show_default=True,
-                     help="pc: images coded together (speed and memory; the size barely changes)."),
-    ]
+    sections = frozenset({"pixels", "names"})
+    many_inputs = True                # every image goes into the one .ncb file
+    Options = PCOptions
+    DecodeOptions = PCDecodeOptions
 
-    def encode(self, inputs: list[str], output: str, opts: dict[str, Any]) -> dict[str, Any]:
-        from bitstream.container import Writer
+    def read(self, source: Any, options: PCOptions) -> ImageSet:
+        """Paths (PNGs, PNG folders, .npy, MNIST IDX files) or a uint8 array [N, H, W] / [N, H, W, C]."""
+        if isinstance(source, np.ndarray):
+            return images_from_array(source)
+        return read_images(source)
+
+    def encode(self, images: ImageSet, options: PCOptions, job: Job) -> Encoded:
+        from codec.device import pick_device
         from codec.progress import progress
 
-        model = load_model(opts.get("model"))
-        images = read_images(inputs)
+        model = load_model(options.model)
         if images.shape != model.shape:
             raise UserError("images are {}x{}x{} (HxWxC) but the model codes {}x{}x{}".format(
                 *images.shape, *model.shape))
-        batch = int(opts.get("pc_batch") or DEFAULT_BATCH)
-        if not 1 <= batch <= MAX_BATCH:
-            raise UserError(f"--pc-batch must be in [1, {MAX_BATCH}], got {batch}")
-        device = _device(opts)
+        device = pick_device(options.device)
         n = len(images.pixels)
         t0 = time.perf_counter()
-        with progress(total=n, desc="pc encode", unit="img") as bar:
-            data, ideal = encode_array(model, images.pixels, device, batch, on_batch=bar.update)
+        with progress(total=n, desc="pc encode", unit="img", disable=None if job.show_bar else True) as bar:
+            data, ideal = encode_array(model, images.pixels, device, options.pc_batch, on_batch=bar.update)
         seconds = time.perf_counter() - t0
         h, w, c = model.shape
-        header = {"kind": "images", "count": n, "height": h, "width": w, "channels": c,
-                  "model_sha256": bytes.fromhex(model.sha256), "batch": batch, "squeeze": int(images.squeeze)}
+        header = {"kind": self.kind, "count": n, "height": h, "width": w, "channels": c,
+                  "model_sha256": bytes.fromhex(model.sha256), "batch": options.pc_batch,
+                  "squeeze": int(images.squeeze)}
         writer = Writer(self.name, self.version, header)
         writer.add_section("pixels", data)
         if images.names is not None and all(_NAME_RE.fullmatch(x) for x in images.names):
@@ -103,21 +110,19 @@ class PCCodec(Codec):
             for x in images.names:
                 names.str_(x)
             writer.add_section("names", names.getvalue(), required=False)
-        size = writer.write(output)
+        size = len(writer.to_bytes())
         dims = n * h * w * c
-        return {"output": output, "images": n, "height": h, "width": w, "channels": c, "bytes": size,
-                "bits_per_dim": size * 8 / dims, "payload_bits_per_dim": len(data) * 8 / dims,
-                "ideal_bits_per_dim": ideal / dims, "model_sha256": model.sha256, "device": str(device),
-                "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}
+        return Encoded(writer, {
+            "images": n, "height": h, "width": w, "channels": c, "bytes": size, "bits_per_dim": size * 8 / dims,
+            "payload_bits_per_dim": len(data) * 8 / dims, "ideal_bits_per_dim": ideal / dims,
+            "model_sha256": model.sha256, "device": str(device), "seconds": seconds,
+            "images_per_s": n / max(seconds, 1e-9)})
 
-    def _check(self, reader) -> dict[str, Any]:
-        reader.require_known({"pixels", "names"})
-        if reader.codec_version not in coding.VERSIONS:
-            raise BitstreamError(f"pc stream version {reader.codec_version} is unknown to this ncodec (it decodes "
-                                 f"{', '.join(map(str, coding.VERSIONS))}): upgrade ncodec")
+    def load(self, reader: Reader, options: PCDecodeOptions) -> DecodedImages:
+        from codec.device import pick_device
+        from codec.progress import progress
+
         hdr = reader.header
-        if hdr.get("kind") != "images":
-            raise BitstreamError(f"header: kind {hdr.get('kind')!r} is not 'images'")
         sha = hdr.get("model_sha256")
         if not isinstance(sha, bytes) or len(sha) != 32:
             raise BitstreamError("header: model_sha256 is missing or not 32 bytes")
@@ -126,42 +131,48 @@ class PCCodec(Codec):
             raise BitstreamError(f"header: batch {batch!r} is not in [1, {MAX_BATCH}]")
         if hdr.get("squeeze") not in (0, 1):
             raise BitstreamError("header: squeeze must be 0 or 1")
-        return hdr
-
-    def decode(self, reader, output: str | None, opts: dict[str, Any]) -> dict[str, Any]:
-        from codec.progress import progress
-
-        hdr = self._check(reader)
-        if not output:
-            raise UserError("decode needs -o: a folder for PNGs or a file.npy")
-        model = load_model(opts.get("model"))
-        if model.sha256 != hdr["model_sha256"].hex():
-            raise UserError(f"{opts.get('model')} (sha256 {model.sha256[:16]}...) is not the model this file was "
-                            f"coded with (sha256 {hdr['model_sha256'].hex()[:16]}...)")
-        shape = (hdr["height"], hdr["width"], hdr["channels"])
+        model = load_model(options.model)
+        if model.sha256 != sha.hex():
+            raise UserError(f"{options.model} (sha256 {model.sha256[:16]}...) is not the model this file was "
+                            f"coded with (sha256 {sha.hex()[:16]}...)")
+        shape = (hdr.get("height"), hdr.get("width"), hdr.get("channels"))
         if shape != model.shape:
             raise BitstreamError("header: image shape {}x{}x{} differs from its model's".format(*shape))
-        names = self._names(reader, hdr["count"])
-        n = hdr["count"]
+        n = hdr.get("count")
+        if type(n) is not int or n < 1:
+            raise BitstreamError(f"header: count {n!r} is not a positive integer")
+        names = self._names(reader, n)
         payload = reader.payload("pixels")
         # Even a certain symbol costs -log2(1 - 255 * 2^-24) bits under the coder's 24-bit probabilities, so
         # the payload bounds how many pixels the header may honestly claim (before allocating for them).
         least = n * model.parent.size * -math.log2(1 - 255 * 2.0**-24)
         if len(payload) * 8 + 64 < least:
             raise BitstreamError(f"section 'pixels': {len(payload)} bytes cannot hold {n} images")
-        device = _device(opts)
+        device = pick_device(options.device)
         t0 = time.perf_counter()
         with progress(total=n, desc="pc decode", unit="img") as bar:
-            pixels = decode_array(model, payload, n, device, hdr["batch"], on_batch=bar.update,
-                                  version=reader.codec_version)
-        seconds = time.perf_counter() - t0
-        written = write_images(output, pixels, names, squeeze=bool(hdr["squeeze"]))
-        return {"output": output, "format": written, "images": n, "height": shape[0], "width": shape[1],
-                "channels": shape[2], "device": str(device), "seconds": seconds,
-                "images_per_s": n / max(seconds, 1e-9)}
+            pixels = decode_array(model, payload, n, device, batch, on_batch=bar.update, version=reader.codec_version)
+        return DecodedImages(pixels, names, bool(hdr["squeeze"]), str(device), time.perf_counter() - t0)
+
+    def array(self, decoded: DecodedImages, options: PCDecodeOptions) -> np.ndarray:
+        """uint8 [N, H, W] when the file says its input was (squeeze), else [N, H, W, C]."""
+        p = decoded.pixels
+        return p[..., 0] if decoded.squeeze and p.shape[3] == 1 else p
+
+    def check_output(self, output: str | None) -> None:
+        if not output:
+            raise UserError("decode needs -o: a folder for PNGs or a file.npy")
+
+    def save(self, decoded: DecodedImages, output: str | None, options: PCDecodeOptions) -> dict[str, Any]:
+        self.check_output(output)
+        written = write_images(output, decoded.pixels, decoded.names, squeeze=decoded.squeeze)
+        n, h, w, c = decoded.pixels.shape
+        return {"output": output, "format": written, "images": n, "height": h, "width": w, "channels": c,
+                "device": decoded.device, "seconds": decoded.seconds,
+                "images_per_s": n / max(decoded.seconds, 1e-9)}
 
     @staticmethod
-    def _names(reader, count: int) -> list[str] | None:
+    def _names(reader: Reader, count: int) -> list[str] | None:
         if not reader.has("names"):
             return None
         r = ByteReader(reader.payload("names"), what="section 'names'")
@@ -174,7 +185,7 @@ class PCCodec(Codec):
             raise BitstreamError("section 'names': file names must be unique plain names ending in .png")
         return names
 
-    def info(self, reader) -> dict[str, Any]:
+    def info(self, reader: Reader) -> dict[str, Any]:
         hdr = reader.header
         dims = 1
         for key in ("count", "height", "width", "channels"):

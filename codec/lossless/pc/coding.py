@@ -25,12 +25,12 @@ entry stays >= 1 and no row can vanish; version 1 streams still decode with vers
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Generator, Iterator
 
 import numpy as np
 import torch
 
+from codec.device import cpu_thread_limit
 from codec.lossless.pc import hclt
 
 PARAM_BITS = 28         # parameter precision: p -> floor(p * 2^28) + 1
@@ -142,19 +142,10 @@ def ideal_bits(table: np.ndarray, symbols: np.ndarray) -> float:
     return float(-np.sum(np.log2(table[rows, symbols] / table.sum(1))))
 
 
-@contextlib.contextmanager
-def coding_threads(device: torch.device, threads: int = 1):
+def coding_threads(device: torch.device):
     """The coding loop is thousands of small tensor ops: on a CPU one intra-op thread beats two (no OpenMP
     hand-offs per op, and no spinning when other jobs share the cores). The tables do not depend on it."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return cpu_thread_limit(device, limit=1)
 
 
 def encode_images(model: IntegerHCLT, x: np.ndarray, encoder, table_model, chunk: int = 2000,

@@ -1,5 +1,5 @@
-"""Image sets in and out: a folder of PNGs, one PNG, an .npy array (N x H x W or N x H x W x C, uint8), or MNIST
-IDX files (gzipped or not). Every reader returns uint8 [N, H, W, C]; every writer is atomic."""
+"""Image sets in and out: a folder of PNGs, one PNG, an .npy array (N x H x W or N x H x W x C, uint8), MNIST IDX
+files (gzipped or not), or such an array in memory. Every reader returns uint8 [N, H, W, C]; every writer is atomic."""
 from __future__ import annotations
 
 import gzip
@@ -85,14 +85,26 @@ def _read_one(path: str) -> tuple[np.ndarray, list[str] | None, bool]:
             a = np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as e:
             raise UserError(f"{path}: unreadable .npy ({' '.join(str(e).split())[:100]})") from None
-        if a.dtype != np.uint8 or a.ndim not in (3, 4):
-            raise UserError(f"{path}: expected a uint8 array N x H x W (or N x H x W x C), "
-                            f"found {a.dtype} of shape {a.shape}")
+        _check_array(a, path)
         return (a[..., None] if a.ndim == 3 else a), None, a.ndim == 3
     if raw[:8] == b"\x89PNG\r\n\x1a\n":
         return _read_png(path)[None], [os.path.basename(path)], True
     a = _read_idx(path, raw)
     return (a[..., None] if a.ndim == 3 else a), None, a.ndim == 3
+
+
+def _check_array(a: np.ndarray, what: str) -> None:
+    if a.dtype != np.uint8 or a.ndim not in (3, 4):
+        raise UserError(f"{what}: expected a uint8 array N x H x W (or N x H x W x C), "
+                        f"found {a.dtype} of shape {a.shape}")
+
+
+def images_from_array(a: np.ndarray) -> ImageSet:
+    """A uint8 array [N, H, W] or [N, H, W, C] as an ImageSet (no names; N x H x W comes back squeezed)."""
+    _check_array(a, "images")
+    if not 1 <= len(a) <= MAX_IMAGES:
+        raise UserError(f"{len(a)} images: expected 1 to {MAX_IMAGES}")
+    return ImageSet(np.ascontiguousarray(a[..., None] if a.ndim == 3 else a), None, a.ndim == 3)
 
 
 def read_images(paths: list[str] | str) -> ImageSet:

@@ -1,0 +1,30 @@
+"""The student codec's options (no torch: the CLI reads them to build `--help`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from codec.errors import UserError
+from codec.options import EncodeOptions, Options, option
+
+
+def _need_model(model: str | None) -> None:
+    if not model:
+        raise UserError("the student codec needs --model STUDENT (train one with `ncodec train student`)")
+
+
+@dataclass
+class StudentOptions(EncodeOptions):
+    model: str | None = option(None, "The student network (STUDENT.safetensors, from `ncodec train student`).")
+
+    def check(self) -> None:
+        super().check()
+        _need_model(self.model)
+
+
+@dataclass
+class StudentDecodeOptions(Options):
+    model: str | None = option(None, "The student the file was encoded with.")
+
+    def check(self) -> None:
+        super().check()
+        _need_model(self.model)
