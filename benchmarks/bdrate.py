@@ -71,31 +71,52 @@ def load_results(path: str | Path) -> dict:
         raise UserError(f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read results {path}: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or "bpp" not in data["results"]:
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or \
+            result_key(data["results"], "bpp") is None:
         raise UserError(f"{path} is not a result file: it needs a 'results' object with a 'bpp' list")
     data.setdefault("name", Path(path).stem)
     return data
 
 
+# CompressAI's eval_model names first, then the spellings earlier ncodec results used (read back, never written)
+ALIASES = {"psnr-rgb": ("psnr_rgb", "psnr"), "ms-ssim-rgb": ("ms_ssim_rgb", "ms-ssim", "ms_ssim"),
+           "bpp": ("bits_per_pixel",), "encoding_time": ("encode_seconds",), "decoding_time": ("decode_seconds",)}
+
+
+def result_key(res: dict, metric: str) -> str | None:
+    """The key under which `res` holds `metric`: the name itself, or an older spelling of it (None if neither)."""
+    if metric in res:
+        return metric
+    for canonical, old in ALIASES.items():
+        if metric == canonical or metric in old:
+            return next((k for k in (canonical, *old) if k in res), None)
+    return None
+
+
 def rd_points(data: dict, metric: str, path) -> tuple[list[float], list[float]]:
     res = data["results"]
-    if metric not in res:
+    key = result_key(res, metric)
+    if key is None:
         raise UserError(f"{path} has no {metric!r} results (it has {', '.join(res)})")
     # null marks a missing value (e.g. an infinite PSNR written as JSON): drop the point
-    pairs = [(r, q) for r, q in zip(res["bpp"], res[metric]) if r is not None and q is not None]
+    pairs = [(r, q) for r, q in zip(res[result_key(res, "bpp")], res[key]) if r is not None and q is not None]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def bd_rate_json(anchor: str | Path, test: str | Path, metric: str = "psnr-rgb") -> dict:
-    """BD-rate (and BD-quality) of one result file against another."""
-    a, t = load_results(anchor), load_results(test)
-    ra, qa = rd_points(a, metric, anchor)
-    rt, qt = rd_points(t, metric, test)
-    out = {"anchor": a["name"], "test": t["name"], "metric": metric,
+def bd_of(anchor: dict, test: dict, metric: str = "psnr-rgb", anchor_path="anchor", test_path="test") -> dict:
+    """BD-rate (and BD-quality) of one loaded result (load_results) against another."""
+    ra, qa = rd_points(anchor, metric, anchor_path)
+    rt, qt = rd_points(test, metric, test_path)
+    out = {"anchor": anchor["name"], "test": test["name"], "metric": metric,
            "bd_rate_%": bd_rate(ra, qa, rt, qt), f"bd_{metric}": bd_psnr(ra, qa, rt, qt)}
     if min(len(ra), len(rt)) < 4:
         out["note"] = "quadratic fit (fewer than 4 points)"
     return out
+
+
+def bd_rate_json(anchor: str | Path, test: str | Path, metric: str = "psnr-rgb") -> dict:
+    """BD-rate (and BD-quality) of one result file against another."""
+    return bd_of(load_results(anchor), load_results(test), metric, anchor, test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

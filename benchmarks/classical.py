@@ -29,6 +29,7 @@ from typing import Sequence
 import av
 import numpy as np
 
+from benchmarks.meta import machine_line, run_meta
 from codec.data import BUNDLED_CLIPS, bundled_clip
 from codec.errors import UserError
 from codec.progress import print_table, progress, write_json
@@ -50,7 +51,8 @@ def encode_classical(frames: np.ndarray, fps: Fraction | float | int | None = No
     """Encode RGB frames [T, H, W, 3] uint8 with a classical codec, decode them, and measure rate and quality.
 
     Returns {codec, preset, crf, frames, height, width, bytes, bpp, psnr, ms_ssim (None if off), encode_fps,
-    decode_fps} and, with keep_decoded, "decoded": the decoded RGB frames.
+    decode_fps, encoding_time, decoding_time (seconds for the whole clip)} and, with keep_decoded, "decoded": the
+    decoded RGB frames.
     """
     codec = resolve_codec(codec)
     if codec not in DECODERS:
@@ -98,7 +100,8 @@ def encode_classical(frames: np.ndarray, fps: Fraction | float | int | None = No
               "bytes": num_bytes, "bpp": metrics.bpp(num_bytes, T, H, W),
               "psnr": metrics.psnr(frames, decoded)[0],
               "ms_ssim": metrics.ms_ssim(frames, decoded, device=device) if ms_ssim else None,
-              "encode_fps": T / encode_s, "decode_fps": T / decode_s}
+              "encode_fps": T / encode_s, "decode_fps": T / decode_s, "encoding_time": encode_s,
+              "decoding_time": decode_s}
     if keep_decoded:
         result["decoded"] = decoded
     return result
@@ -140,8 +143,10 @@ def sweep_plan(codecs: Sequence[str], presets: Sequence[str], crfs: Sequence[flo
     return plan
 
 
-def result_json(label: str, clip_desc: str, codec: str, preset: str, rows: list[dict]) -> dict:
-    """The CompressAI-style record of one codec/preset sweep on one clip."""
+def result_json(label: str, clip_desc: str, codec: str, preset: str, rows: list[dict],
+                meta: dict | None = None) -> dict:
+    """The CompressAI-style record of one codec/preset sweep on one clip (CompressAI eval_model's key names;
+    encoding_time and decoding_time are seconds for the whole clip, the unit coded), with the run's meta."""
     return {
         "name": f"{SHORT_NAMES[codec]} {'preset ' + preset if codec == 'libsvtav1' else preset}",
         "description": f"{codec} preset {preset} on {clip_desc}: RGB -> yuv420p, crf sweep, bpp from packet bytes "
@@ -152,9 +157,12 @@ def result_json(label: str, clip_desc: str, codec: str, preset: str, rows: list[
             "bpp": [r["bpp"] for r in rows],
             "psnr-rgb": [r["psnr"] for r in rows],
             "ms-ssim-rgb": [r["ms_ssim"] for r in rows],
+            "encoding_time": [r.get("encoding_time", r["frames"] / r["encode_fps"]) for r in rows],
+            "decoding_time": [r.get("decoding_time", r["frames"] / r["decode_fps"]) for r in rows],
             "encoding_fps": [r["encode_fps"] for r in rows],
             "decoding_fps": [r["decode_fps"] for r in rows],
         },
+        "meta": meta if meta is not None else run_meta(),
     }
 
 
@@ -178,14 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 frames, 2 crfs, medium, carphone")
     args = ap.parse_args(argv)
     try:
-        run(args)
+        run(args, run_meta("benchmarks.classical", argv))
     except UserError as e:
         print(f"classical: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, meta: dict | None = None) -> None:
+    meta = meta or run_meta("benchmarks.classical")
     clips = args.clips or (["carphone"] if args.quick else list(DEFAULT_CLIPS))
     frames = args.frames or (10 if args.quick else None)
     presets = ["medium"] if args.quick and args.presets == "medium,veryslow" else _csv(args.presets)
@@ -213,13 +222,14 @@ def run(args: argparse.Namespace) -> None:
                                              device=args.device))
                 bar.update(1)
             write_json(out_dir / f"{label}_{SHORT_NAMES[codec]}_{preset}.json",
-                       result_json(label, desc, codec, preset, rows))
+                       result_json(label, desc, codec, preset, rows, meta))
             table += rows
         bar.clear()
-        columns = ["codec", "preset", "crf", "bpp", "psnr-rgb"] + ([] if args.no_msssim else ["ms-ssim"])
+        columns = ["codec", "preset", "crf", "bpp", "psnr-rgb"] + ([] if args.no_msssim else ["ms-ssim-rgb"])
         print_table([{"codec": r["codec"], "preset": r["preset"], "crf": r["crf"], "bpp": r["bpp"],
-                      "psnr-rgb": r["psnr"], "ms-ssim": r["ms_ssim"], "enc fps": r["encode_fps"],
-                      "dec fps": r["decode_fps"]} for r in table], columns + ["enc fps", "dec fps"], title=desc)
+                      "psnr-rgb": r["psnr"], "ms-ssim-rgb": r["ms_ssim"], "encoding_fps": r["encode_fps"],
+                      "decoding_fps": r["decode_fps"]} for r in table], columns + ["encoding_fps", "decoding_fps"],
+                    title=f"{desc} on {machine_line(meta)}")
         print()
     bar.close()
     print(f"results in {out_dir}/")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import os
 import platform
 import time
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 
 from bitstream.coder import (Categorical, CdfTableModel, QuantizedGaussian, QuantizedLaplace, RangeDecoder,
                              RangeEncoder, TableModel)
+from benchmarks.meta import machine_line, run_meta
 from bitstream.serial import ByteWriter
 from codec.progress import print_table, progress, write_json
 
@@ -151,11 +151,11 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
         overhead = 100.0 * (enc.num_bits - enc.ideal_bits) / enc.ideal_bits
         rows.append({
             "model": name, "symbols": n,
-            "enc Msym/s": n / t_ours_e / 1e6, "raw enc Msym/s": n / t_raw_e / 1e6,
-            "enc ratio": t_raw_e / t_ours_e,
-            "dec Msym/s": n / t_ours_d / 1e6, "raw dec Msym/s": n / t_raw_d / 1e6,
-            "dec ratio": t_raw_d / t_ours_d,
-            "bits/sym": enc.num_bits / n, "over ideal %": overhead,
+            "encode_msym_per_s": n / t_ours_e / 1e6, "raw_encode_msym_per_s": n / t_raw_e / 1e6,
+            "encode_ratio": t_raw_e / t_ours_e,
+            "decode_msym_per_s": n / t_ours_d / 1e6, "raw_decode_msym_per_s": n / t_raw_d / 1e6,
+            "decode_ratio": t_raw_d / t_ours_d,
+            "bits_per_symbol": enc.num_bits / n, "over_ideal_%": overhead,
             "goal": "ok" if min(t_raw_e / t_ours_e, t_raw_d / t_ours_d) >= 0.5 and overhead <= 0.1 else "MISS",
         })
     return rows
@@ -172,10 +172,10 @@ def table_sizes(quick: bool = False) -> list[dict]:
         for c in exact.counts.tolist():
             w.varint(c)
         fitted_bits, exact_bits = fitted.ideal_bits(s), exact.ideal_bits(s)
-        rows.append({"weights": n, "K": int(exact.counts.size), "varint counts B": len(w.getvalue()),
-                     "exact table B": len(exact.to_bytes()), "stored table B": len(fitted.to_bytes()),
-                     "rounding cost B": (fitted_bits - exact_bits) / 8,
-                     "total saved B": len(w.getvalue()) - len(fitted.to_bytes()) - (fitted_bits - exact_bits) / 8})
+        rows.append({"weights": n, "alphabet_size": int(exact.counts.size), "varint_counts_bytes": len(w.getvalue()),
+                     "exact_table_bytes": len(exact.to_bytes()), "stored_table_bytes": len(fitted.to_bytes()),
+                     "rounding_cost_bytes": (fitted_bits - exact_bits) / 8,
+                     "total_saved_bytes": len(w.getvalue()) - len(fitted.to_bytes()) - (fitted_bits - exact_bits) / 8})
     return rows
 
 
@@ -192,7 +192,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5, help="best of this many runs per timing")
     ap.add_argument("--quick", action="store_true", help="10x fewer symbols (a smoke test)")
     args = ap.parse_args(argv)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    meta = run_meta("benchmarks.coder", argv)
+    machine = machine_line(meta)
     rows = run(args.repeats, args.quick)
     print_table(rows, title=f"bitstream.coder vs raw constriction {_version('constriction')} "
                             f"({machine}; best of {args.repeats}, interleaved)")
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
     if args.json:
         write_json(args.json, {"machine": machine, "platform": platform.platform(), "repeats": args.repeats,
                                "constriction": _version("constriction"),
-                               "quick": args.quick, "throughput": rows, "categorical_tables": sizes})
+                               "quick": args.quick, "throughput": rows, "categorical_tables": sizes, "meta": meta})
 
 
 if __name__ == "__main__":

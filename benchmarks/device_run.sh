@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/device_prepare.sh                      # here, once: wheels in .whl/, data in .device/
 #   device run: bash benchmarks/device_run.sh video        # ~8.5 min: CUDA tests, HNeRV 1.5M Bunny, NIRVANA
-#   device run: bash benchmarks/device_run.sh extra        # ~4 min, at once while the machine is warm
+#   device run: bash benchmarks/device_run.sh extra        # ~6 min, at once while the machine is warm
 #
 # Each step has its own time limit, so one that hangs or overruns does not cost the others. Results land in
 # $OUT (log.txt, results.tgz with every JSON the benchmarks wrote); without $OUT (a CPU rehearsal) in
@@ -61,6 +61,8 @@ video)
     step nirvana 140 "$PY" -m benchmarks.gpu_fit --codec nirvana "${NIRV[@]}" --out "$work/nirvana"
     ;;
 extra)
+    # issue 31: the GPU path (compile with its warm-up, fp16 decoding, settings restored), on this GPU for real
+    step gpu_path 120 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_gpu_path.py
     # issue 4: NeRV++ against NeRV at the same size and budget
     step nervpp 110 "$PY" -m benchmarks.gpu_fit --codec nervpp "${SMALL[@]}" --out "$work/nervpp"
     step nerv 100 "$PY" -m benchmarks.gpu_fit --codec nerv "${SMALL[@]}" --out "$work/nerv"

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.meta import machine_line, run_meta
 from bitstream.container import Reader
 from codec.api import encode_file
 from codec.device import device_name, pick_device, seed_everything
@@ -124,6 +125,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="out/bench_lossless")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    run_info = run_meta("benchmarks.lossless", argv)
 
     seed_everything(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
     dev = pick_device(args.device)
     result: dict = {"dataset": args.name, "test_images": len(test), "shape": list(test.shape[1:]),
                     "machine": f"{platform.node()}: {device_name(torch.device('cpu'))}, torch {torch.__version__}",
-                    "torch_threads": torch.get_num_threads()}
+                    "torch_threads": torch.get_num_threads(), "meta": run_info}
 
     model_path = os.path.join(args.out, f"{args.name}.pcm")
     if args.model:
@@ -187,7 +189,8 @@ def main(argv=None) -> dict:
     for d in devices:
         codec = PCCodec()
         ncb = os.path.join(args.out, f"{args.name}_{d}.ncb")
-        enc = encode_file(codec, test_path, ncb, PCOptions(model=model_path, device=d, pc_batch=args.pc_batch))
+        enc = encode_file(codec, test_path, ncb, PCOptions(model=model_path, device=d, pc_batch=args.pc_batch),
+                          overwrite=True)
         back = os.path.join(args.out, f"{args.name}_{d}_decoded.npy")
         options = PCDecodeOptions(model=model_path, device=d)
         dec = codec.save(codec.open(Reader.from_path(ncb), options), back, options)
@@ -206,7 +209,7 @@ def main(argv=None) -> dict:
         rows += result["classical"]
     print_table(rows, ["codec", "bits_per_dim", "lossless", "encode_img_s", "decode_img_s"],
                 title=f"{args.name}: {len(test)} test images {test.shape[1]}x{test.shape[2]}x{test.shape[3]}, "
-                      f"{result['machine']}")
+                      f"{machine_line(run_info)}")
     write_json(os.path.join(args.out, f"{args.name}.json"), result)
     return result
 

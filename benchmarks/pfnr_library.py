@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.bdrate import bd_rate
+from benchmarks.meta import machine_line, run_meta
 from bitstream.container import Reader
 from codec import api
 from codec.data import bundled_clip
@@ -91,7 +92,7 @@ def run_hnerv(args, names: list[str], paths: list[str]) -> list[dict]:
         for name, path in zip(names, paths):
             load0 = load_avg()
             hn = api.encode(path, os.path.join(args.out, f"{name}.{size}.hnerv.ncb"), codec="hnerv",
-                            device=args.device, seed=args.seed, size=size, **budget(args, 1))
+                            device=args.device, seed=args.seed, size=size, overwrite=True, **budget(args, 1))
             videos.append({"video": name, "psnr": hn["psnr"], "bytes": hn["bytes"], "params": hn["params"],
                            "fit_s": hn["fit_seconds"], "load": [load0, load_avg()]})
         points.append({"codec": "hnerv", "point": size, "videos": videos,
@@ -108,7 +109,7 @@ def run_pfnr(args, names: list[str], paths: list[str]) -> list[dict]:
         lib_path = os.path.join(args.out, f"library.{size}.{density}.ncb")
         load0 = load_avg()
         pf = api.encode(paths, lib_path, codec="pfnr", device=args.device, seed=args.seed, size=size,
-                        density=float(density), lr=args.lr, **budget(args, len(paths)))
+                        density=float(density), lr=args.lr, overwrite=True, **budget(args, len(paths)))
         reader = Reader.from_path(lib_path)
         videos = []
         for name, v in zip(names, pf["videos"]):
@@ -138,8 +139,9 @@ def bytes_at_psnr(curve: list[dict], psnr: float) -> tuple[float, bool]:
     return math.exp(l0 + (l1 - l0) * (psnr - q0) / (q1 - q0)), True
 
 
-def report(args, hnerv: dict, pfnr: dict) -> dict:
+def report(args, hnerv: dict, pfnr: dict, meta: dict | None = None) -> dict:
     height, width = parse_crop(args.size)
+    machine = machine_line(meta or run_meta("benchmarks.pfnr_library"))
     rows = []
     for p in sorted(pfnr["points"], key=lambda p: p["bytes"]) + sorted(hnerv["points"], key=lambda p: p["bytes"]):
         row = {"codec": p["codec"], "point": p["point"], "total_bytes": p["bytes"], "mean_psnr": round(p["psnr"], 2),
@@ -149,18 +151,20 @@ def report(args, hnerv: dict, pfnr: dict) -> dict:
             row[f"{v['video']}_bytes"] = v["bytes"]
         rows.append(row)
     print_table(rows, title=f"RD points: 3 clips, {args.frames} frames at {height}x{width}, {args.epochs} epochs per "
-                            f"video; pfnr bytes per video = bytes that video added, total = whole library file")
+                            f"video on {machine}; pfnr bytes per video = bytes that video added, total = whole "
+                            f"library file")
     masks = [{"point": p["point"], "video": v["video"], "bytes": v["bytes"], "mask_bytes": v["mask_bytes"],
               "weights_bytes": v["weights_bytes"], "new_weights": v["new_weights"],
               "reused_weights": v["reused_weights"]} for p in pfnr["points"] for v in p["videos"]]
-    print_table(masks, title="PFNR: what each video added")
+    print_table(masks, title=f"PFNR: what each video added ({machine})")
     goal = []
     for p in pfnr["points"]:
         need, extrapolated = bytes_at_psnr(hnerv["points"], p["psnr"])
         goal.append({"pfnr_point": p["point"], "mean_psnr": round(p["psnr"], 2), "library_bytes": p["bytes"],
                      "hnerv_bytes_at_equal_psnr": round(need), "library_vs_hnerv_%": round(
                          100 * (p["bytes"] / need - 1), 1), "hnerv_extrapolated": extrapolated})
-    print_table(goal, title="bytes at equal mean PSNR (HNeRV interpolated in log-bytes; negative % = library smaller)")
+    print_table(goal, title=f"bytes at equal mean PSNR (HNeRV interpolated in log-bytes; negative % = library "
+                            f"smaller; {machine})")
     bd = None
     if min(len(pfnr["points"]), len(hnerv["points"])) >= 3:      # BD-rate needs 3 points a curve (4 for the cubic)
         try:
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/pfnr_library")
     args = p.parse_args(argv)
+    meta = run_meta("benchmarks.pfnr_library", argv)
     for spec in args.pfnr_points.split(","):
         size, sep, density = spec.partition(":")
         try:
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
             fresh = {p["point"] for p in points}
             results[part] = {"machine": machine, "torch_threads": torch.get_num_threads(), "args": vars(args),
                              "wall_s": round(time.time() - t0, 1),
-                             "points": [p for p in earlier if p["point"] not in fresh] + points}
+                             "points": [p for p in earlier if p["point"] not in fresh] + points, "meta": meta}
             write_json(path, results[part])
         elif args.part == "report":
             if not earlier:
@@ -239,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
                 results[part] = json.load(f)
     if args.part not in ("all", "report"):
         return results
-    out = report(args, results["hnerv"], results["pfnr"])
-    out.update(hnerv=results["hnerv"], pfnr=results["pfnr"])
+    out = report(args, results["hnerv"], results["pfnr"], meta)
+    out.update(hnerv=results["hnerv"], pfnr=results["pfnr"], meta=meta)
     write_json(os.path.join(args.out, "pfnr_library.json"), out)
     return out
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from benchmarks.bdrate import bd_psnr, bd_rate, load_results
+from benchmarks.bdrate import bd_of, load_results
 from benchmarks.classical import encode_classical, parse_clip_spec, result_json
+from benchmarks.meta import machine_line, run_meta
 from benchmarks.plot import plot_rd
 from codec import registry
 from codec.api import encode_file
@@ -36,7 +38,7 @@ NAMES = {"nerv": "NeRV (ncodec)", "hnerv": "HNeRV (ncodec)", "nervpp": "NeRV++ (
 
 
 def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, device, out_dir: Path, label: str,
-              batch_size=None, lambdas=()) -> tuple[dict, list[dict]]:
+              batch_size=None, lambdas=(), meta: dict | None = None) -> tuple[dict, list[dict]]:
     rows = []
     # NIRVANA's rate is set by lambda (loss = MSE + lambda * bpp); the NeRV family's by the model size
     points = [(None, lam) for lam in lambdas] if codec == "nirvana" else [(size, None) for size in sizes]
@@ -47,11 +49,18 @@ def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, devic
         fit = ({"steps_per_group": epochs, "lmbda": lam} if codec == "nirvana" else
                {"epochs": epochs, "size": size, "batch_size": batch_size})
         options = c.Options(device=device, max_frames=frames, crop=crop, max_time=max_time, **fit)
-        s = encode_file(c, src, ncb, options)
+        t0 = time.perf_counter()
+        s = encode_file(c, src, ncb, options, overwrite=True)
+        encoding_time = time.perf_counter() - t0          # the whole encode: fit, quantise, code, verify
         c = s.get("coding") or {}
+        fps = s.get("decode_fps")
+        # CompressAI's eval_model names: psnr-rgb, ms-ssim-rgb, bpp, encoding_time and decoding_time (seconds for
+        # the unit coded, here the whole clip)
         rows.append({"codec": codec, "size": tag, "params": s["params"], "bytes": s["bytes"], "bpp": s["bpp"],
-                     "psnr": s["psnr"], "ms_ssim": s["ms_ssim"], "fit_seconds": s["fit_seconds"],
-                     "epochs": s.get("epochs"), "decode_fps": s.get("decode_fps"),
+                     "psnr-rgb": s["psnr"], "ms-ssim-rgb": s["ms_ssim"], "fit_seconds": s["fit_seconds"],
+                     "encoding_time": encoding_time,
+                     "decoding_time": s["frames"] / fps if fps and s.get("frames") else None,
+                     "epochs": s.get("epochs"), "decode_fps": fps,
                      "fixed_length_bytes": c.get("fixed_length_bytes"),
                      "huffman_one_table_bytes": c.get("huffman_one_table_bytes"),
                      "huffman_per_tensor_bytes": c.get("huffman_per_tensor_bytes")})
@@ -60,14 +69,18 @@ def run_codec(codec: str, src: str, crop, frames, sizes, epochs, max_time, devic
     record = {"name": f"{NAMES[codec]}, {sched}", "description": f"{codec} on {label}, {sched} per size, "
               f"whole .ncb file bytes, RGB PSNR of the decoded frames", "clip": label,
               "results": {"size": [r["size"] for r in rows], "params": [r["params"] for r in rows],
-                          "bpp": [r["bpp"] for r in rows], "psnr-rgb": [r["psnr"] for r in rows],
-                          "ms-ssim-rgb": [r["ms_ssim"] for r in rows],
-                          "fit_seconds": [r["fit_seconds"] for r in rows]}}
+                          "bpp": [r["bpp"] for r in rows], "psnr-rgb": [r["psnr-rgb"] for r in rows],
+                          "ms-ssim-rgb": [r["ms-ssim-rgb"] for r in rows],
+                          "encoding_time": [r["encoding_time"] for r in rows],
+                          "decoding_time": [r["decoding_time"] for r in rows],
+                          "fit_seconds": [r["fit_seconds"] for r in rows]},
+              "meta": meta or run_meta("benchmarks.rd")}
     write_json(out_dir / f"{label}_{codec}.json", record)
     return record, rows
 
 
-def classical_curves(label: str, clip, classical_dir: Path, out_dir: Path, quick: bool) -> list[Path]:
+def classical_curves(label: str, clip, classical_dir: Path, out_dir: Path, quick: bool,
+                     meta: dict | None = None) -> list[Path]:
     """The classical result files for this clip: existing ones, or x265 medium measured now."""
     found = sorted(classical_dir.glob(f"{label}_*.json")) if classical_dir.is_dir() else []
     if any("x265_medium" in p.name for p in found):
@@ -76,7 +89,8 @@ def classical_curves(label: str, clip, classical_dir: Path, out_dir: Path, quick
     rows = [encode_classical(clip.frames, clip.fps, "libx265", "medium", crf, ms_ssim=True) for crf in crfs]
     T, H, W = clip.frames.shape[:3]
     path = out_dir / f"{label}_x265_medium.json"
-    write_json(path, result_json(label, f"{label} ({T} frames, {W}x{H})", "libx265", "medium", rows))
+    write_json(path, result_json(label, f"{label} ({T} frames, {W}x{H})", "libx265", "medium", rows,
+                                 meta or run_meta("benchmarks.rd")))
     return found + [path]
 
 
@@ -99,13 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="CPU run: carphone, 30 frames, 3 sizes, 60 s each")
     args = ap.parse_args(argv)
     try:
-        return run(args)
+        return run(args, run_meta("benchmarks.rd", argv))
     except UserError as e:
         print(f"rd: error: {e}", file=sys.stderr)
         return 2
 
 
-def run(args) -> int:
+def run(args, meta: dict | None = None) -> int:
+    meta = meta or run_meta("benchmarks.rd")
     q = args.quick
     clip_name = args.clip or ("carphone" if q else "bunny")
     crop = args.crop or ("640x1280" if clip_name == "bunny" else None)
@@ -125,20 +140,22 @@ def run(args) -> int:
         label += f"-{frames}f"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"device: {device_name(pick_device(device))}; clip {src} crop {crop} frames {frames or 'all'}")
+    machine = machine_line(meta)
+    print(f"device: {device_name(pick_device(device))} ({machine}); clip {src} crop {crop} frames {frames or 'all'}")
 
     records, all_rows = [], []
     for codec in codecs:
         rec, rows = run_codec(codec, src, crop, frames, sizes, epochs if codec != "nirvana" else args.epochs,
-                              max_time, device, out_dir, label, args.batch_size, lambdas)
+                              max_time, device, out_dir, label, args.batch_size, lambdas, meta)
         records.append(out_dir / f"{label}_{codec}.json")
         all_rows += rows
 
     clip = read_video(src, frames=frames, crop=crop_t)
-    anchors = classical_curves(label, clip, Path(args.classical), out_dir, q)
-    plot = plot_rd([*records, *anchors], out_dir / f"{label}_rd.png", title=f"{label}: INR codecs vs classical")
-
+    anchors = classical_curves(label, clip, Path(args.classical), out_dir, q, meta)
     x265 = next((p for p in anchors if "x265_medium" in p.name), None)
+    plot = plot_rd([*records, *anchors], out_dir / f"{label}_rd.png", anchor=x265,
+                   title=f"{label}: INR codecs vs classical ({machine})")
+
     hnerv = out_dir / f"{label}_hnerv.json" if "hnerv" in codecs else None
     bd_rows = []
     for anchor_name, anchor in (("x265 medium", x265), ("HNeRV (ncodec)", hnerv)):
@@ -150,16 +167,15 @@ def run(args) -> int:
             data = load_results(rec)
             row = {"codec": data["name"], "anchor": anchor_name}
             try:
-                a = load_results(anchor)["results"]
-                t = data["results"]
-                row["bd_rate_%"] = bd_rate(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
-                row["bd_psnr_db"] = bd_psnr(a["bpp"], a["psnr-rgb"], t["bpp"], t["psnr-rgb"])
+                bd = bd_of(load_results(anchor), data, "psnr-rgb", anchor, rec)
+                row["bd_rate_%"], row["bd_psnr_db"] = bd["bd_rate_%"], bd["bd_psnr-rgb"]
             except (UserError, ValueError, TypeError) as e:
                 row["note"] = str(e).splitlines()[0][:100]
             bd_rows.append(row)
 
-    print_table([{k: r[k] for k in ("codec", "size", "params", "bpp", "psnr", "ms_ssim", "fit_seconds", "epochs")}
-                 for r in all_rows], title=f"{label} on {device_name(pick_device(device))}")
+    print_table([{k: r[k] for k in ("codec", "size", "params", "bpp", "psnr-rgb", "ms-ssim-rgb", "fit_seconds",
+                                    "epochs")} for r in all_rows],
+                title=f"{label} on {device_name(pick_device(device))} ({machine})")
     print_table(bd_rows, title="BD-rate against x265 medium and HNeRV (negative = fewer bits at equal PSNR)")
     saving = [{"codec": r["codec"], "size": r["size"], "file_bytes": r["bytes"],
                "fixed_length_bytes": round(r["fixed_length_bytes"]),
@@ -170,7 +186,8 @@ def run(args) -> int:
     print_table(saving, title="whole file vs the stored symbols at fixed length and under one Huffman table "
                               "(HNeRV's scheme; its table and side info not counted)")
     write_json(out_dir / f"{label}_summary.json", {"device": device_name(pick_device(device)), "rows": all_rows,
-                                                   "bd": bd_rows, "coding": saving, "plot": str(plot)})
+                                                   "bd": bd_rows, "coding": saving, "plot": str(plot),
+                                                   "meta": meta})
     print(f"plot: {plot}")
     return 0
 

@@ -68,11 +68,13 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
+    from benchmarks.meta import machine_line, run_meta
     from codec import api, registry
     from codec.progress import print_table, write_json
     from codec.scale.clips import encode_many
     from codec.scale.ray_tasks import ray_session
 
+    meta = run_meta("benchmarks.scale")
     codec = registry.get(args.codec)
     options = api.encode_options(args.codec, device=args.device, epochs=args.epochs, size=args.size)
     with tempfile.TemporaryDirectory(prefix="ncodec-scale-") as tmp, ray_session(args.ray_address) as ray:
@@ -97,11 +99,12 @@ def main() -> None:
                          "distinct_workers": len({r["worker"] for r in s["clips"]})})
         for r in rows:
             r["speedup"] = round(rows[0]["seconds"] / r["seconds"] * (r["clips"] / rows[0]["clips"]), 2)
-    machine = f"{gpus} GPU(s), {cpus} CPU(s) in the Ray cluster; {platform.processor() or platform.machine()}"
+    machine = f"{gpus} GPU(s), {cpus} CPU(s) in the Ray cluster; this host: {machine_line(meta)}"
     print_table(rows, title=f"encode_many throughput: {args.codec} {args.size}, {args.epochs} epochs, "
                             f"{len(clips)} clips x {args.clip_frames} frames ({machine})")
     if args.json:
-        write_json(args.json, {"machine": machine, "platform": platform.platform(), "args": vars(args), "rows": rows})
+        write_json(args.json, {"machine": machine, "platform": platform.platform(), "args": vars(args), "rows": rows,
+                               "meta": meta})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.meta import machine_line, run_meta
 from codec.device import device_name, pick_device
 from codec.errors import UserError
 from codec.features import model_file
@@ -102,6 +103,14 @@ def baselines(teacher, images, labels, dev, cached: list[dict] | None = None) ->
         rows.append(row)
     order = {(f.lower(), "lossless" if q is None else q): i for i, (f, q) in enumerate(BASELINE_SETTINGS)}
     return sorted(rows, key=lambda r: order[(r["method"], r["quality"])])
+
+
+def read_cache(path: Path) -> list[dict] | None:
+    """The cached baseline rows: {"rows": [...], "meta": {...}}, or the bare list earlier runs wrote."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return data.get("rows") if isinstance(data, dict) else data
 
 
 def split_test(labels: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a shared machine)")
     p.add_argument("--out", default="out/bench_split")
     args = p.parse_args(argv)
+    run_info = run_meta("benchmarks.split", argv)
+    machine = machine_line(run_info)
     if args.threads:
         torch.set_num_threads(args.threads)
     for f in (TRAIN, TEST, TEACHER):
@@ -388,11 +399,10 @@ def main(argv: list[str] | None = None) -> int:
               f"all {len(full)}: {100 * t_all:.2f}%")
 
     cache = out / f"baselines_{len(test)}.json"        # the baselines depend only on the test images
-    base_rows = baselines(teacher, test.images, test.labels, dev,
-                          json.loads(cache.read_text()) if cache.exists() else None)
-    write_json(cache, base_rows)
+    base_rows = baselines(teacher, test.images, test.labels, dev, read_cache(cache))
+    write_json(cache, {"rows": base_rows, "meta": run_info})
     print_table(base_rows, ["method", "quality", "bytes_per_image", "top1"],
-                title="the image sent, ResNet-56 classifies")
+                title=f"the image sent, ResNet-56 classifies ({machine})")
 
     train_ds = None
     student_rows = []
@@ -409,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         [(f.name, model_file.load(str(f)).config) for f in starts]
     costs = [{"student": name, **device_cost(teacher.cpu(), cfg)} for name, cfg in configs]
     print_table(costs, ["student", "encoder_macs", "encoder_params", "prior_params", "replaced_teacher_macs",
-                        "teacher_macs", "encoder_macs_fraction_of_teacher"], title="device-side cost")
+                        "teacher_macs", "encoder_macs_fraction_of_teacher"], title=f"device-side cost ({machine})")
     cost_of = {c["student"]: c for c in costs}
     teacher.to(dev)
     # the teacher-minus-1-point accuracy and what JPEG / WebP need for it: the same for every student
@@ -426,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                                "distill": args.distill, "kd_weight": args.kd,
                                "hard_latent": args.hard_latent, "tune_tail": args.tune_tail,
                                "stage1_init": args.stage1_init,
-                               "train_images": args.train_images or 10000}}
+                               "train_images": args.train_images or 10000},
+                  "meta": run_info}
         write_json(out / "split.json", result)
         plot(out / "split.png", t_top1, base_rows, student_rows,
              f"CIFAR-10 ({len(test)} test JPEGs), ResNet-56 teacher, {device_name(dev)}")
@@ -492,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                                "wire_bytes_per_image",
                                "top1", "jpeg_bytes_same_top1", "webp_bytes_same_top1",
                                "encoder_macs_fraction_of_teacher"],
-                title="Entropic Student (ResNet-56 teacher)")
+                title=f"Entropic Student (ResNet-56 teacher; {machine})")
     print_table(student_rows, ["beta", "stage2_epochs", "top1", "bytes_per_image", "baseline_bytes_at_target",
                                "bytes_fraction_of_baseline", "top1_ok", "bytes_ok", "target_met"],
                 title=f"target: top-1 >= {100 * target['target_top1']:.2f}% (teacher - 1 point) at <= 1/5 of "

@@ -12,6 +12,7 @@ A section's CRC is checked only when its payload is asked for: one damaged secti
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -51,6 +52,12 @@ MAX_PIX_FMT = 32                      # bytes
 # Value type codes in the header.
 T_INT, T_FLOAT, T_STR, T_BYTES = 0, 1, 2, 3
 FLAG_REQUIRED = 0x01
+
+# Section digests (optional, docs/FORMAT.md): a last section "sha256" holds u8 L, then the first L bytes of the
+# SHA-256 of each earlier section's payload, in table order; a reader that registers them checks each section
+# against its digest when its payload is read, so damage that a recomputed CRC hides is still refused.
+DIGEST_SECTION = "sha256"
+DIGEST_BYTES = 8                      # what Writer.add_digests stores per section; readers take 8..32
 
 CODEC_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 NAME_RE = re.compile(r"[A-Za-z0-9_.:/+-]+")    # section names and header keys
@@ -175,10 +182,13 @@ class Writer:
             self.header[key] = _normalise_value(key, v)
         check_header(self.header, ValueError)
         self._sections: dict[str, tuple[bytes, bool]] = {}
+        self._sealed = False
 
     def add_section(self, name: str, payload: bytes, *, required: bool = True) -> None:
         """Append a section; `required` sections must be understood by the decoder, optional ones may be skipped."""
         _check_name(name, MAX_SECTION_NAME, "section name", NAME_RE, ValueError)
+        if self._sealed:
+            raise ValueError(f"section {name!r} added after the digests (add_digests comes last)")
         if name in self._sections:
             raise ValueError(f"section {name!r} added twice")
         if len(self._sections) >= MAX_SECTIONS:
@@ -187,6 +197,14 @@ class Writer:
         if len(payload) > MAX_FILE_SIZE:
             raise ValueError(f"section {name!r}: {len(payload)} bytes exceed the file size limit {MAX_FILE_SIZE}")
         self._sections[name] = (payload, bool(required))
+
+    def add_digests(self, length: int = DIGEST_BYTES) -> None:
+        """Append the optional "sha256" section: a digest of every section added so far (the last section)."""
+        if not 8 <= length <= 32:
+            raise ValueError(f"digest length {length} is not in 8..32")
+        digests = b"".join(hashlib.sha256(p).digest()[:length] for p, _ in self._sections.values())
+        self.add_section(DIGEST_SECTION, bytes([length]) + digests, required=False)
+        self._sealed = True
 
     def to_bytes(self) -> bytes:
         t = ByteWriter()
@@ -246,6 +264,7 @@ class Reader:
     def __init__(self, data: bytes) -> None:
         """Use from_bytes / from_path."""
         self._data = data
+        self._digests: dict[str, bytes] = {}
         self.file_size = len(data)
         if self.file_size > MAX_FILE_SIZE:
             raise BitstreamError(f"file of {self.file_size} bytes exceeds the limit {MAX_FILE_SIZE}")
@@ -372,7 +391,26 @@ class Reader:
         if crc != sec.crc32:
             raise BitstreamError(f"section {name!r}: checksum mismatch (stored {sec.crc32:#010x}, "
                                  f"computed {crc:#010x}): the section is damaged")
+        want = self._digests.get(name)
+        if want is not None and hashlib.sha256(view).digest()[:len(want)] != want:
+            raise BitstreamError(f"section {name!r}: its SHA-256 differs from the file's digest of it: the section "
+                                 f"is damaged")
         return bytes(view)
+
+    def read_digests(self) -> None:
+        """Register the file's section digests (its "sha256" section, if any) so that `payload` checks them; a
+        malformed digest section is a BitstreamError. Files without one read as before."""
+        if not self.has(DIGEST_SECTION):
+            return
+        if self.sections[-1].name != DIGEST_SECTION:
+            raise BitstreamError(f"section {DIGEST_SECTION!r} is not the last section")
+        data = self.payload(DIGEST_SECTION)
+        covered = self.sections[:-1]
+        length = data[0] if data else 0
+        if not 8 <= length <= 32 or len(data) != 1 + length * len(covered):
+            raise BitstreamError(f"section {DIGEST_SECTION!r}: {len(data)} bytes do not hold digests of "
+                                 f"{len(covered)} sections")
+        self._digests = {sec.name: data[1 + i * length:1 + (i + 1) * length] for i, sec in enumerate(covered)}
 
     def names(self, prefix: str = "") -> list[str]:
         """Section names starting with `prefix`, in file order (e.g. names("group/"))."""

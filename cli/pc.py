@@ -11,6 +11,18 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise UserError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
+def _check_output(path: str, overwrite: bool) -> None:
+    """Before any work: the folder exists, and an existing model file is replaced only with -y."""
+    import os
+
+    from bitstream.atomic import check_output
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"output folder {parent} does not exist")
+    check_output(path, overwrite, directory=False)
+
+
 def _model_for(option: str, path: str | None, shape: tuple[int, int, int]):
     """The .pcm an option names (None without one), refused unless it models images of `shape`."""
     if path is None:
@@ -50,9 +62,11 @@ def _model_for(option: str, path: str | None, shape: tuple[int, int, int]):
               help="Balanced (centroid) variable tree of depth O(log D), or the Chow-Liu tree rooted at its centre.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-y/-n", "--overwrite/--no-overwrite", default=False,
+              help="-y replaces an existing OUTPUT; -n, the default, refuses it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocount, smooth_mass, limit, step_start,
-             step_end, shift, holdout, init_path, tree_path, balanced, device, seed, as_json):
+             step_end, shift, holdout, init_path, tree_path, balanced, device, seed, overwrite, as_json):
     """Learn a pc model from IMAGES (PNG folder, .npy N x H x W uint8, MNIST IDX files)."""
     import math
     import os
@@ -73,9 +87,7 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
             raise UserError(f"--{name} must be in (0, 1], got {v}")
     if latents > model_file.MAX_LATENTS:
         raise UserError(f"--latents must be at most {model_file.MAX_LATENTS}, got {latents}")
-    parent_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent_dir):
-        raise UserError(f"output folder {parent_dir} does not exist")
+    _check_output(output, overwrite)
     dev = pick_device(device)
     seed_everything(seed)
     data = read_images(list(images))
@@ -118,8 +130,10 @@ def train_pc(images, output, latents, epochs, full_epochs, batch_size, pseudocou
 @click.argument("models", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Model file to write (.pcm).")
 @click.option("--weights", default=None, help="Comma-separated mixture weights (default: equal).")
+@click.option("-y/-n", "--overwrite/--no-overwrite", default=False,
+              help="-y replaces an existing OUTPUT; -n, the default, refuses it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def mix_pc(models, output, weights, as_json):
+def mix_pc(models, output, weights, overwrite, as_json):
     """One pc model that is the mixture of MODELS (.pcm files over the same tree, e.g. phases continued from one
     model with other --shift or --seed settings); it codes like any other model."""
     import os
@@ -129,9 +143,7 @@ def mix_pc(models, output, weights, as_json):
 
     if len(models) < 2:
         raise UserError("pc-mix needs at least two models")
-    parent_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent_dir):
-        raise UserError(f"output folder {parent_dir} does not exist")
+    _check_output(output, overwrite)
     if weights is not None:
         try:
             weights = [float(w) for w in weights.split(",")]

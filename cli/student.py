@@ -18,10 +18,14 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
         raise UserError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
-def _check_output(path: str) -> None:
+def _check_output(path: str, overwrite: bool) -> None:
+    """Before any training: the folder exists, and an existing model file is replaced only with -y."""
+    from bitstream.atomic import check_output
+
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UserError(f"output folder {parent} does not exist")
+    check_output(path, overwrite, directory=False)
 
 
 def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -42,6 +46,8 @@ _common = [
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt, written after every epoch."),
+    click.option("-y/-n", "--overwrite/--no-overwrite", default=False,
+                 help="-y replaces an existing OUTPUT; -n, the default, refuses it."),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
 
@@ -60,7 +66,8 @@ def _with_common(f):
 @click.option("--epochs", type=int, default=None, help="Epochs (default 30).")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="SGD learning rate (cosine decay).")
 @_with_common
-def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, device, seed, resume, as_json):
+def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, device, seed, resume, overwrite,
+                  as_json):
     """Train a teacher classifier on DATA: 'digits' (default), a .tar.gz of class folders, or an image folder."""
     from codec.features.data import load_dataset
     from codec.features.train import Schedule, train_teacher as run
@@ -68,7 +75,7 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
     for name, v in (("epochs", epochs), ("limit", limit), ("batch-size", batch_size), ("max-time", max_time),
                     ("lr", lr)):
         _positive(name, v)
-    _check_output(output)
+    _check_output(output, overwrite)
     ds = load_dataset(data, limit=limit)
     schedule = Schedule(epochs=epochs or 30, batch_size=batch_size or 128, lr=lr, max_time=max_time)
     summary = run(ds, output, arch=arch, schedule=schedule, device=device, seed=seed, resume=resume)
@@ -78,7 +85,8 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 @click.command("student")
 @_data_arg
 @click.option("--teacher", "teacher_path", required=True,
-              help="Teacher: a file from `ncodec train teacher`, or pretrained CIFAR ResNet weights (.th).")
+              help="Teacher: a file from `ncodec train teacher`, a zoo name (`ncodec models`, e.g. digits-teacher), "
+                   "or pretrained CIFAR ResNet weights (.th).")
 @click.option("--beta", type=float, default=1.0, show_default=True,
               help="Rate weight: larger -> fewer bytes per image, lower accuracy.")
 @click.option("-o", "--output", required=True, help="Student model file to write (.safetensors).")
@@ -124,7 +132,7 @@ def train_teacher(data, output, arch, epochs, lr, limit, batch_size, max_time, d
 def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, split, latent_channels,
                   encoder_channels, encoder_blocks, encoder_kernel, decoder_channels, decoder_blocks, encoder_stride, distill,
                   kd_weight, hard_latent, tune_tail, init, start, mix, kd_alpha, kd_temperature, limit, batch_size,
-                  max_time, device, seed, resume, as_json):
+                  max_time, device, seed, resume, overwrite, as_json):
     """Train an Entropic Student from a teacher on DATA (both stages) and write its model file."""
     from dataclasses import replace
 
@@ -148,7 +156,7 @@ def train_student(data, teacher_path, beta, output, epochs, epochs2, lr, lr2, sp
     loss2.check()
     if epochs2 == 0 and loss2 != Stage2Loss():
         raise UserError("--mix, --kd-alpha and --kd-temperature shape stage 2, which --epochs2 0 skips")
-    _check_output(output)
+    _check_output(output, overwrite)
     teacher = load_teacher_for_training(teacher_path)
     ds = load_dataset(data, limit=limit, channels=int(teacher.config["in_channels"]))
     size = int(teacher.config["image_size"])
@@ -196,39 +204,50 @@ def split():
 
 
 @split.command("serve")
-@click.option("--model", required=True, help="Student model file.")
+@click.option("--model", required=True, help="Student: a model file or a zoo name (`ncodec models`).")
 @click.option("--port", type=int, required=True, help="TCP port (0: any free port, printed).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--device", default="auto", show_default=True, help="Device for the decoder and tail.")
 @click.option("--max-frame", type=int, default=1 << 20, show_default=True, help="Largest frame accepted (bytes).")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds a client may stall inside a frame before it is dropped.")
-def serve(model, port, host, device, max_frame, timeout):
-    """Run the server half: entropy decoding, the student's decoder and tail (Ctrl-C stops)."""
+@click.option("--frame-timeout", "--timeout", "frame_timeout", type=float, default=30.0, show_default=True,
+              help="Seconds within which each frame must arrive complete, counted from when the server is ready "
+                   "for it (after connecting, after each reply): a client that trickles or idles longer is "
+                   "dropped. --timeout is the old name.")
+@click.option("--max-clients", type=int, default=64, show_default=True,
+              help="Connections served at once; one more gets a 'server busy' refusal and is closed.")
+def serve(model, port, host, device, max_frame, frame_timeout, max_clients):
+    """Run the server half: entropy decoding, the student's decoder and tail (Ctrl-C stops).
+
+    Logs one line per connection on stderr: peer, images, bytes in and out, seconds, how it ended."""
     from codec.features.codec import open_student
     from codec.features.split import SplitServer
 
     _check_port(port)
     _positive("max-frame", max_frame)
-    _positive("timeout", timeout)
+    _positive("frame-timeout", frame_timeout)
+    _positive("max-clients", max_clients)
     student, model_id, dev = open_student(model, device)
-    server = SplitServer(student, model_id, dev, host=host, port=port, max_frame=max_frame, timeout=timeout,
+    server = SplitServer(student, model_id, dev, host=host, port=port, max_frame=max_frame,
+                         frame_timeout=frame_timeout, max_clients=max_clients,
                          log=lambda msg: click.echo(f"ncodec split serve: {msg}", err=True))
     click.echo(f"ncodec split serve: student {model_id} ({'x'.join(map(str, student.latent_shape))} latent) "
-               f"on {server.host}:{server.port} ({dev}); Ctrl-C stops", err=True)
+               f"on {server.host}:{server.port} ({dev}), up to {max_clients} clients, {frame_timeout:g} s per "
+               f"frame; Ctrl-C stops", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
-        click.echo(f"ncodec split serve: served {server.stats.images} images on {server.stats.connections} "
-                   f"connections, {server.stats.errors} refused", err=True)
+        st = server.stats
+        click.echo(f"ncodec split serve: served {st.images} images on {st.connections} connections, "
+                   f"{st.errors} dropped for an error, {st.refused} refused (server busy)", err=True)
 
 
 @split.command("send")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", required=True, help="Student model file (the same as the server's).")
+@click.option("--model", required=True,
+              help="Student: a model file or a zoo name (`ncodec models`), the same as the server's.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, required=True)
 @click.option("--device", default="auto", show_default=True, help="Device for the encoder.")
@@ -255,15 +274,18 @@ def send(images, model, host, port, device, every, as_json):
 
 @split.command("demo")
 @click.option("--out", "out_dir", default="out/split_demo", show_default=True,
-              help="Folder for the cached teacher/student and the demo images.")
+              help="Folder for the demo images (and the teacher/student that --retrain or --beta trains).")
 @click.option("--images", "count", type=int, default=60, show_default=True, help="Held-out digits to send.")
-@click.option("--beta", type=float, default=0.5, show_default=True, help="Rate weight of the demo student.")
+@click.option("--beta", type=float, default=None,
+              help="Train (once, cached in --out) a digits teacher and a student of this rate weight instead of "
+                   "using the zoo's digits-teacher and digits-student (beta 0.5).")
 @click.option("--port", type=int, default=0, show_default=True, help="Server port (0: any free port).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--retrain", is_flag=True, help="Train the teacher and student again even if cached.")
+@click.option("--retrain", is_flag=True,
+              help="Train the teacher and student in --out again (beta 0.5 unless --beta) instead of the zoo's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
 def demo(out_dir, count, beta, port, device, retrain, as_json):
-    """Train (or reuse) a digits teacher and student, start a server on localhost and send held-out digits."""
+    """Start a server on localhost with the zoo's digits student (no training) and send it held-out digits."""
     _positive("images", count)
     _check_port(port)
     from codec.device import pick_device
@@ -286,7 +308,7 @@ def _session_summary(session) -> dict[str, Any]:
             "encode_ms": row["encode ms"], "round_trip_ms": row["round trip ms"], "server_ms": row["server ms"]}
 
 
-def run_demo(out_dir: str, count: int, beta: float, port: int, device: str, retrain: bool,
+def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: str, retrain: bool,
              as_json: bool) -> dict[str, Any]:
     """Everything `ncodec split demo` does; the server runs in a thread of this process on a real socket."""
     import io
@@ -303,16 +325,21 @@ def run_demo(out_dir: str, count: int, beta: float, port: int, device: str, retr
                                       train_student, train_teacher)
 
     os.makedirs(out_dir, exist_ok=True)
-    teacher_path = os.path.join(out_dir, "teacher.safetensors")
-    student_path = os.path.join(out_dir, f"student_beta{beta:g}.safetensors")
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     ds = load_dataset("digits")
-    if retrain or not _loads(model_file.load_teacher, teacher_path):
+    trained = retrain or beta is not None
+    if trained:
+        beta = 0.5 if beta is None else beta
+        teacher_path = os.path.join(out_dir, "teacher.safetensors")
+        student_path = os.path.join(out_dir, f"student_beta{beta:g}.safetensors")
+    else:       # the zoo's models (codec/zoo, `ncodec models`): trained on the other 90% of the digits
+        teacher_path, student_path = "digits-teacher", "digits-student"
+    if trained and (retrain or not _loads(model_file.load_teacher, teacher_path)):
         say(f"training a digits teacher -> {teacher_path}")
         train_teacher(ds, teacher_path, arch="digits", schedule=Schedule(epochs=10, batch_size=128, lr=0.1),
                       device=device)
     teacher = model_file.load_teacher(teacher_path).eval()
-    if retrain or not _loads(model_file.load_student, student_path):
+    if trained and (retrain or not _loads(model_file.load_student, student_path)):
         say(f"training a digits student (beta {beta:g}) -> {student_path}")
         s1, s2 = default_schedules(8)
         train_student(ds, teacher, student_path, beta=beta, stage1=s1, stage2=s2,

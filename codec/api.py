@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bitstream.atomic import check_output, remove_stale, write_atomic
 from bitstream.container import Reader
 from codec import registry
 from codec.base import Codec, Job
@@ -30,14 +31,32 @@ def decode_options(codec: str, **options: Any) -> Options:
     return registry.decode_options(codec).from_kwargs(options, codec)
 
 
+def checkpoint_prefix(output: str | os.PathLike) -> str:
+    """Where an encode to `output` keeps its checkpoint (<prefix>.safetensors): beside the output."""
+    return str(output) + ".ckpt"
+
+
 def encode_file(codec: Codec, source: Any, output: str | os.PathLike, options: EncodeOptions,
-                job: Job | None = None) -> dict[str, Any]:
-    """Read, encode and write one .ncb file atomically; returns the encoder's summary."""
-    job = job or Job(checkpoint=str(output) + ".ckpt")
+                job: Job | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Read, encode and write one .ncb file atomically; returns the encoder's summary.
+
+    An existing `output` is refused before any work unless `overwrite` (bitstream.atomic.check_output). After
+    success the fit's checkpoint is removed unless job.keep_checkpoint."""
+    job = job or Job(checkpoint=checkpoint_prefix(output))
+    check_output(output, overwrite, directory=False)
     data = codec.read(source, options)
     encoded = codec.encode(data, options, job)
-    size = encoded.writer.write(output)
-    return {"file": str(output), "bytes": size, **{k: v for k, v in encoded.summary.items() if k != "bytes"}}
+    size = write_atomic(output, encoded.writer.to_bytes(), overwrite=overwrite)
+    summary = {"file": str(output), "bytes": size, **{k: v for k, v in encoded.summary.items() if k != "bytes"}}
+    if job.checkpoint and not job.keep_checkpoint:
+        from codec.checkpoint import Checkpoint
+
+        ckpt = Checkpoint(job.checkpoint, None, every=0)
+        ckpt.remove()
+        remove_stale(ckpt.path)                  # a checkpoint write a killed run left half done
+        if summary.get("checkpoint") == ckpt.path:
+            del summary["checkpoint"]
+    return summary
 
 
 def open_file(path: str | os.PathLike | Reader, options: Options | None = None, **kwargs: Any
@@ -50,19 +69,26 @@ def open_file(path: str | os.PathLike | Reader, options: Options | None = None, 
     return codec, codec.open(reader, options), options
 
 
-def encode(source: Any, output: str | os.PathLike, codec: str, **options: Any) -> dict[str, Any]:
+def encode(source: Any, output: str | os.PathLike, codec: str, *, overwrite: bool = False,
+           keep_checkpoint: bool = False, checkpoint_every: float = 60.0, **options: Any) -> dict[str, Any]:
     """Encode `source` (a path, a list of paths, or a uint8 array: [T, H, W, 3] video, [N, H, W] or [N, H, W, C]
-    images) into `output` with `codec`; options are the codec's Options fields by name."""
+    images) into `output` with `codec`; options are the codec's Options fields by name. An existing `output` is
+    refused (FileExistsError) unless `overwrite`; a fit's checkpoint is removed after success unless
+    `keep_checkpoint`."""
     c = registry.get(codec)
-    return encode_file(c, source, output, encode_options(codec, **options))
+    job = Job(checkpoint=checkpoint_prefix(output), checkpoint_every=checkpoint_every,
+              keep_checkpoint=keep_checkpoint)
+    return encode_file(c, source, output, encode_options(codec, **options), job, overwrite=overwrite)
 
 
 def decode(path: str | os.PathLike, frames: str | slice | None = None, video: int | None = None,
-           model: str | None = None, device: str = "auto") -> np.ndarray:
+           model: str | None = None, device: str = "auto", max_memory: str | None = None) -> np.ndarray:
     """A .ncb file's content as an array: uint8 [T, H, W, 3] for video, [N, H, W] (or [N, H, W, C]) for images,
-    int64 [N] predicted classes for features."""
+    int64 [N] predicted classes for features. A file whose decode needs more than `max_memory` (default 4G,
+    docs/FORMAT.md) is refused before anything is allocated."""
     reader = Reader.from_path(path)
-    kwargs: dict[str, Any] = {"device": device, "frames": frames, "video": video, "model": model}
+    kwargs: dict[str, Any] = {"device": device, "frames": frames, "video": video, "model": model,
+                              "max_memory": max_memory}
     if isinstance(frames, slice):          # the API's slice is the CLI's A:B
         if frames.step not in (None, 1):
             raise UserError("decode: frames takes no step")
@@ -76,9 +102,11 @@ def decode(path: str | os.PathLike, frames: str | slice | None = None, video: in
     return codec.array(decoded, options)
 
 
-def info(path: str | os.PathLike) -> dict[str, Any]:
-    """The container's fields (codec, versions, header, sections) and what the codec adds."""
+def info(path: str | os.PathLike, max_memory: str | None = None) -> dict[str, Any]:
+    """The container's fields (codec, versions, header, sections) and what the codec adds (a codec that opens
+    the file to say more refuses one over `max_memory`, codec.options, and says so in its fields)."""
     reader = Reader.from_path(path)
+    options = Options(device="cpu", max_memory=max_memory)
     summary: dict[str, Any] = {
         "file": str(path), "bytes": reader.file_size, "format": "%d.%d" % tuple(reader.format_version),
         "codec": reader.codec, "codec_version": reader.codec_version, "header": dict(reader.header),
@@ -91,5 +119,5 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
             from codec.video import segmented
             summary.update(segmented.info(reader))
         else:
-            summary.update(codec.info(reader))
+            summary.update(codec.info(reader, options))
     return summary

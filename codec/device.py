@@ -1,12 +1,20 @@
-"""Device choice, CPU threads, mixed precision and compile switches, seeding: one place for every codec."""
+"""Device choice, CPU threads, the device-specific fit and decode choices (`Accel`), compiling with a fallback,
+seeding: one place for every codec."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import os
 import random
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from codec.errors import UserError
 
@@ -78,27 +86,103 @@ def cpu_thread_limit(device: torch.device, limit: int | None = None):
         torch.set_num_threads(before)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (fast on Hopper/Ampere); a no-op on CPU where bf16 is slow and less accurate."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Accel:
+    """Every device-specific choice of a fit and a decode, in one place. `accel_for(device)` picks them from the
+    device; a test replaces them (`FitConfig.accel`, `forced_accel`) to run the GPU options on the CPU through the
+    same code a CUDA run takes."""
+
+    autocast: torch.dtype | None = None      # the fit's autocast dtype (None: float32)
+    channels_last: bool = False              # NHWC tensors for the fit and for decoding convolutional networks
+    compile: bool = False                    # torch.compile the fit's model (warm-up step and fallback: compiled())
+    fused_adam: bool = False
+    tf32: bool = False                       # TF32 matmuls and convolutions while fitting (restored after the fit)
+    cudnn_benchmark: bool = False            # cuDNN autotuning while fitting (restored after the fit)
+    decode_dtype: torch.dtype | None = None  # autocast dtype of a decode for codecs that allow it (None: float32)
 
 
-def use_channels_last(device: torch.device) -> bool:
-    return device.type == "cuda"
+_FORCED: contextvars.ContextVar[dict] = contextvars.ContextVar("ncodec_forced_accel", default={})
 
 
-def maybe_compile(module: torch.nn.Module, device: torch.device, enabled: bool | None = None):
-    """torch.compile on CUDA where it pays; never on CPU (compile time dominates short CPU fits)."""
-    if enabled is None:
-        enabled = device.type == "cuda" and os.environ.get("NCODEC_COMPILE", "1") != "0"
-    if not enabled:
-        return module
+def accel_for(device: torch.device) -> Accel:
+    """CUDA: bf16 autocast, channels_last, torch.compile (NCODEC_COMPILE=0 turns it off), fused Adam, TF32 and
+    cuDNN autotuning for fitting, fp16 autocast for decoding. Elsewhere: float32, eager, nothing changed. Fields
+    set by `forced_accel` win on every device."""
+    if device.type == "cuda":
+        accel = Accel(autocast=torch.bfloat16, channels_last=True,
+                      compile=os.environ.get("NCODEC_COMPILE", "1") != "0", fused_adam=True, tf32=True,
+                      cudnn_benchmark=True, decode_dtype=torch.float16)
+    else:   # bf16 is slow and less accurate on most CPUs, and compile time dominates short CPU fits
+        accel = Accel()
+    forced = _FORCED.get()
+    return replace(accel, **forced) if forced else accel
+
+
+@contextlib.contextmanager
+def forced_accel(**fields):
+    """Within the block every fit and decode on any device uses these Accel fields (tests: the GPU path on a CPU)."""
+    unknown = set(fields) - {f.name for f in dataclasses.fields(Accel)}
+    if unknown:
+        raise TypeError(f"unknown Accel fields {sorted(unknown)}")
+    token = _FORCED.set({**_FORCED.get(), **fields})
     try:
-        return torch.compile(module)
-    except Exception:  # an unsupported platform falls back to eager, which is always correct
-        return module
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast on `device` with `dtype`; None (or float32) runs in float32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """NHWC layout for the module's 4-D tensors (convolution kernels); others stay as they are. Module.to(
+    memory_format=...) refuses a module holding any 5-D tensor (PFNR's Fourier weights, which crashed its CUDA fit)."""
+    return module._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+
+
+def precision_label(device: torch.device, dtype: torch.dtype | None) -> str:
+    """The device class a decode's frames hold for: "cpu (fp32)", "cuda (fp16 autocast)"."""
+    if dtype is None or dtype == torch.float32:
+        return f"{device.type} (fp32)"
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return f"{device.type} ({names.get(dtype, str(dtype).removeprefix('torch.'))} autocast)"
+
+
+def compiled(module: nn.Module, warmup: Callable[[nn.Module], None]) -> tuple[nn.Module, float]:
+    """`torch.compile(module)` and its compile time, or `module` itself if compiling fails.
+
+    torch.compile is lazy: it compiles at the first call, so an unsupported op or backend fails there, not here.
+    `warmup(net)` runs that first call (the caller's forward and backward on one batch) inside this guard, before
+    any budget clock starts. The module's gradients, buffers and RNG state are put back afterwards, so the fit
+    that follows is the same as without the warm-up; on failure the warning is one line and the fit runs eagerly."""
+    params = list(module.parameters())
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    t0 = time.perf_counter()
+    try:
+        net = torch.compile(module)
+        warmup(net)
+    except Exception as e:  # noqa: BLE001 -- any compiler failure: eager mode is always correct
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); fitting in eager mode",
+                      RuntimeWarning, stacklevel=2)
+        net = module
+    finally:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.grad = g
+            for b, saved in buffers:
+                b.copy_(saved)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    return net, time.perf_counter() - t0
 
 
 def seed_everything(seed: int) -> torch.Generator:

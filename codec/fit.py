@@ -5,18 +5,20 @@ float targets [B, 3, H, W] in [0, 1] (index-only models ignore them; autoencodin
 has the targets' shape. A loss name or callable compares the two.
 
 Design for speed on a GPU: every frame stays resident on the device as uint8 (converted per batch), several
-frames per step, bf16 autocast and channels_last on CUDA, torch.compile there, a fused Adam, and no host
-synchronisation per step (the PSNR is read back every `log_every` steps, for the bar and `on_progress`). On a CPU
-the same loop runs eagerly in float32, on cpu_threads() threads, re-chosen every THREAD_CHECK_EVERY seconds as the
-machine's load changes. The learning rate follows linear warm-up then cosine to zero over the run
-(codec.schedule.warmup_cosine), where the run's progress is the larger of steps/total steps and seconds/--max-time,
-so a time budget ends with a fully annealed model.
+frames per step, bf16 autocast and channels_last on CUDA, torch.compile there (compiled by a warm-up step before
+the budget clock starts, eager if compiling fails), a fused Adam, and no host synchronisation per step (the PSNR is
+read back every `log_every` steps, for the bar and `on_progress`). On a CPU the same loop runs eagerly in float32,
+on cpu_threads() threads, re-chosen every THREAD_CHECK_EVERY seconds as the machine's load changes. The learning
+rate follows linear warm-up then cosine to zero over the run (codec.schedule.warmup_cosine), where the run's progress
+is the larger of steps/total steps and seconds/--max-time, so a time budget ends with a fully annealed model. The
+device-specific choices are one `codec.device.Accel` (from the device, or `FitConfig.accel`); the global flags a fit
+sets (TF32, cuDNN autotuning, threads) are restored when it ends.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -25,13 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codec.checkpoint import Checkpoint
-from codec.device import autocast, cpu_threads, maybe_compile, pick_device, use_channels_last
+from codec.device import Accel, accel_for, autocast, compiled, cpu_threads, pick_device, to_channels_last
 from codec.errors import UserError
 from codec.progress import progress
 from codec.schedule import set_lr, warmup_cosine
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 THREAD_CHECK_EVERY = 30.0                # seconds of fitting between re-choices of the CPU thread count
+TIME_BAR = "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"   # a bar of a time budget
 
 
 @dataclass
@@ -44,12 +47,13 @@ class FitConfig:
     warmup: float = 0.1                  # share of the run spent in linear warm-up from 0.1*lr
     loss: str | LossFn = "mse"           # "mse" | "l1_ssim" (0.7*L1 + 0.3*(1-SSIM), NeRV's "Fusion6") | callable
     device: str | torch.device = "auto"
-    amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool | None = None          # None: on for CUDA, off for CPU
+    amp: bool = True                     # False: no autocast even where the device's Accel has one
+    compile: bool | None = None          # None: as the device's Accel (on for CUDA, off for CPU)
+    accel: Accel | None = None           # the device-specific choices; None: codec.device.accel_for(device)
     seed: int = 0
     log_every: int = 25                  # steps between PSNR read-backs (each one is a host sync)
     checkpoint: str | None = None        # path prefix: the state goes to <prefix>.safetensors (codec.checkpoint)
-    checkpoint_every: float = 300.0      # seconds between checkpoints (one is always written at the end)
+    checkpoint_every: float = 60.0       # seconds between checkpoints (one is always written at the end)
     resume: bool = False
     fingerprint: dict = field(default_factory=dict)   # what a checkpoint must match to be resumed
     desc: str = "fit"
@@ -68,6 +72,7 @@ class FitResult:
     device: str
     history: list[dict] = field(default_factory=list)
     stopped_by: str = "epochs"           # "epochs" | "max_time"
+    compile_seconds: float = 0.0         # torch.compile's warm-up step, outside `seconds` and the budget
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -126,11 +131,24 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
     if cfg.epochs is None and cfg.max_time is None:
         raise UserError("fitting needs --epochs or --max-time")
     device = pick_device(cfg.device) if not isinstance(cfg.device, torch.device) else cfg.device
+    accel = cfg.accel or accel_for(device)
+    accel = replace(accel, compile=accel.compile if cfg.compile is None else cfg.compile,
+                    autocast=accel.autocast if cfg.amp else None)
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if accel.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if accel.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return _fit(model, frames, cfg, params, device, accel)
+    finally:   # a later decode, fit or RD run in this process starts from the caller's settings
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, params: list[nn.Parameter] | None,
+         device: torch.device, accel: Accel) -> FitResult:
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     if isinstance(frames, torch.Tensor) and frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3:
         data = frames.to(device)
     else:
@@ -140,15 +158,21 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
     steps_per_epoch = -(-T // bs)
     total_steps = cfg.epochs * steps_per_epoch if cfg.epochs is not None else None
 
-    channels_last = use_channels_last(device)
+    channels_last = accel.channels_last
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     model.train()
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if cuda else {}))
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if accel.fused_adam else {}))
     loss_fn = make_loss(cfg.loss)
-    run = maybe_compile(model, device, cfg.compile)
+
+    def forward(net: nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        target = batch_to_float(data, idx, channels_last)
+        with autocast(device, accel.autocast):
+            out = net(idx, target)
+        out = out.float()
+        return out, target, loss_fn(out, target)
 
     ckpt = (Checkpoint(cfg.checkpoint, cfg.fingerprint, every=cfg.checkpoint_every, what="model, clip or options")
             if cfg.checkpoint else None)
@@ -167,6 +191,11 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
         step, elapsed_before, history = int(meta["step"]), float(meta["elapsed"]), list(meta.get("history", []))
     first_step = step
 
+    run, compile_seconds = model, 0.0
+    if accel.compile:
+        # the first call compiles (forward and backward, in the loop's shapes and autocast): here, off the clock
+        run, compile_seconds = compiled(model, lambda net: forward(net, torch.arange(bs, device=device))[2].backward())
+
     def save(elapsed: float) -> None:
         ckpt.save(model, opt, {"step": step, "epoch": step / steps_per_epoch, "elapsed": elapsed, "seed": cfg.seed,
                                "history": history})
@@ -178,9 +207,11 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
                              "elapsed": elapsed(), "steps_per_s": steps_per_s, "done": done})
 
     by_time = total_steps is None
-    bar = progress(total=(int(math.ceil(cfg.max_time)) if by_time else total_steps), desc=cfg.desc,
-                   unit="s" if by_time else "step", initial=(int(elapsed_before) if by_time else step),
-                   disable=None if cfg.show_bar else True)
+    # a run bounded by time alone fills its bar with seconds of the budget and shows its steps/s beside it (a
+    # rate of seconds per second says nothing); a run of epochs counts steps, and tqdm shows step/s itself
+    bar = progress(total=(float(cfg.max_time) if by_time else total_steps), desc=cfg.desc, unit="step",
+                   initial=(round(elapsed_before, 1) if by_time else step), disable=None if cfg.show_bar else True,
+                   bar_format=TIME_BAR if by_time else None)
     start = time.perf_counter()
     mse_acc = torch.zeros((), device=device)
     mse_n, psnr, stopped_by = 0, float("nan"), "epochs"
@@ -213,11 +244,7 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
             p = max(step / total_steps if total_steps else 0.0, e / cfg.max_time if cfg.max_time else 0.0)
             set_lr(opt, cfg.lr * warmup_cosine(p, 1.0, cfg.warmup))
 
-            target = batch_to_float(data, idx, channels_last)
-            with autocast(device, cfg.amp):
-                out = run(idx, target)
-            out = out.float()
-            loss = loss_fn(out, target)
+            out, target, loss = forward(run, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -235,14 +262,14 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
                 log_t, log_step = now, step
                 history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
                                 "seconds": round(elapsed(), 3), "psnr": round(psnr, 3)})
-                bar.set_postfix(psnr=f"{psnr:.2f}", steps_s=f"{rate:.1f}", epoch=f"{step / steps_per_epoch:.1f}",
-                                refresh=False)
+                bar.set_postfix_str((f"{rate:.1f} step/s, " if by_time else "")
+                                    + f"psnr={psnr:.2f}, epoch={step / steps_per_epoch:.1f}", refresh=False)
                 report(psnr, rate, done=False)
                 if ckpt is not None and ckpt.due():
                     save(elapsed())
             if by_time:
                 if step % cfg.log_every == 0:
-                    bar.n = min(int(elapsed()), bar.total)
+                    bar.n = min(round(elapsed(), 1), bar.total)
                     bar.refresh()
             else:
                 bar.update(1)
@@ -258,10 +285,18 @@ def fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig,
     if mse_n:
         psnr = psnr_from_mse(mse_acc.item() / mse_n)
     seconds = elapsed()
+    # the fit is done and annealed: the bar ends full (a time budget is spent; epochs cut short by --max-time end
+    # at the steps run)
+    if by_time:
+        bar.n = bar.total
+    elif step < total_steps:
+        bar.total = step
+    bar.refresh()
     bar.close()
     if ckpt is not None:
         save(seconds)
     report(psnr, (step - first_step) / max(time.perf_counter() - start, 1e-9), done=True)
     model.eval()
     return FitResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, psnr=psnr,
-                     device=str(device), history=history, stopped_by=stopped_by)
+                     device=str(device), history=history, stopped_by=stopped_by,
+                     compile_seconds=compile_seconds)

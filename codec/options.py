@@ -76,6 +76,9 @@ class Options:
     """Options every codec takes, encoding and decoding; a codec's own classes extend it."""
 
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
+    max_memory: str | None = option(
+        None, "Memory cap, e.g. 8G: a file whose decode needs more is refused before anything is allocated, and "
+              "so is an encode whose file would be (default 4G; docs/FORMAT.md, Bounds).", metavar="SIZE")
 
     def __post_init__(self) -> None:
         for s in specs(type(self)):
@@ -84,6 +87,11 @@ class Options:
 
     def check(self) -> None:
         """Raise UserError for an impossible value; subclasses extend it (and call super().check())."""
+        self.memory_cap()
+
+    def memory_cap(self) -> int:
+        """--max-memory in bytes (DEFAULT_MAX_MEMORY when not given)."""
+        return DEFAULT_MAX_MEMORY if self.max_memory is None else parse_memory(self.max_memory)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], codec: str = "") -> "Options":
@@ -102,6 +110,38 @@ class Options:
 @dataclass
 class EncodeOptions(Options):
     seed: int = option(0, "Random seed (fits are reproducible).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bounds: what a file may ask a decoder to build (codec.base.Codec.check_bounds applies them; docs/FORMAT.md)
+
+DEFAULT_MAX_MEMORY = 4 << 30       # bytes a decode may need before --max-memory must say so
+MAX_PARAMETERS = 1 << 28           # values of one network (or model), whatever --max-memory says
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory(text: str | int | float) -> int:
+    """'8G', '512M', '1.5GiB', '2e9' (bytes) -> bytes; the units are binary (K = 1024)."""
+    s = str(text).strip().lower().replace("ib", "").rstrip("b") if isinstance(text, str) else text
+    unit = 1
+    if isinstance(s, str) and s and s[-1] in _MEMORY_UNITS:
+        unit, s = _MEMORY_UNITS[s[-1]], s[:-1]
+    try:
+        value = float(s) * unit
+    except (TypeError, ValueError):
+        raise UserError(f"--max-memory {text!r}: expected a size like 8G, 512M or 2e9 (bytes)") from None
+    if not math.isfinite(value) or value < 1:
+        raise UserError(f"--max-memory {text!r}: must be a positive size")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (what --max-memory reads back)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ def to_json(obj: Any) -> str:
     return json.dumps(_jsonable(obj), indent=2, sort_keys=False)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = True) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename; `overwrite`: bitstream.atomic's rule)."""
     from bitstream.atomic import write_atomic  # one atomic writer for every output
 
-    write_atomic(path, (to_json(obj) + "\n").encode("utf-8"))
+    write_atomic(path, (to_json(obj) + "\n").encode("utf-8"), overwrite=overwrite)

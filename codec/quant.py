@@ -133,8 +133,15 @@ class QuantizedTensor:
             r.expect_end()
         return qt
 
-    @classmethod
-    def _read(cls, r: ByteReader, max_elements: int) -> "QuantizedTensor":
+    @staticmethod
+    def peek_shape(data: bytes, what: str = "quantised tensor",
+                   max_elements: int = _DEFAULT_MAX_ELEMENTS) -> tuple[int, ...]:
+        """The shape a tensor's bytes declare, without reading its values (bounds before allocation)."""
+        return tuple(QuantizedTensor._read_head(ByteReader(data, what=what), max_elements)[3])
+
+    @staticmethod
+    def _read_head(r: ByteReader, max_elements: int) -> tuple[int, bool, int | None, list[int]]:
+        """(bits, symmetric, axis, shape) of the layout's head, checked."""
         fmt = r.u8()
         if fmt != _FORMAT:
             raise BitstreamError(f"{r.what}: unknown tensor format {fmt}")
@@ -157,6 +164,12 @@ class QuantizedTensor:
                 raise BitstreamError(f"{r.what}: {count}+ elements exceed the limit {max_elements}")
         if axis is not None and axis >= ndim:
             raise BitstreamError(f"{r.what}: axis {axis} of a {ndim}-D tensor")
+        return bits, symmetric, axis, shape
+
+    @classmethod
+    def _read(cls, r: ByteReader, max_elements: int) -> "QuantizedTensor":
+        bits, symmetric, axis, shape = cls._read_head(r, max_elements)
+        count = math.prod(shape)
         c = shape[axis] if axis is not None else 1
         scale = np.frombuffer(r.raw(4 * c), "<f4").astype(np.float32)
         if not (np.isfinite(scale).all() and (scale > 0).all()):

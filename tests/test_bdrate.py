@@ -112,3 +112,40 @@ def test_classical_encode_and_sweep_plan():
     assert parse_clip_spec("some/dir/clip.y4m", (64, 64)) == ("clip-64x64", "some/dir/clip.y4m", (64, 64))
     with pytest.raises(UserError):
         sweep_plan(["ffv1"], ["medium"], None)
+
+
+def test_rd_plot_legend_names_bd_rates_labels_sizes_and_stays_off_the_data(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plot import draw_rd, find_anchor, format_bd, load_curve, plot_rd, size_label
+
+    sizes = ["0.1M", "0.2M", "0.4M", "0.8M", "1.6M"]
+    inr = {"name": "HNeRV (ncodec)", "results": {"size": sizes, "bpp": HNERV_1080P[0], "psnr-rgb": HNERV_1080P[1]}}
+    x265 = {"name": "x265 medium", "results": {"crf": [18, 23, 28, 33, 38, 43], "bpp": HM_RA[0], "psnr-rgb": HM_RA[1]}}
+    far = {"name": "far", "results": {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr-rgb": [50.0, 51.0, 52.0, 53.0]}}
+    curves = [load_curve(d, "psnr-rgb", d["name"]) for d in (inr, x265, far)]
+    fig = draw_rd(curves, anchor=find_anchor(curves, "x265"))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    bd = bd_rate(*HM_RA, *HNERV_1080P)
+    assert labels[0] == f"HNeRV (ncodec): BD-rate {format_bd(bd)} vs x265 medium"
+    assert labels[1] == "x265 medium (anchor)"
+    assert labels[2] == "far: BD-rate n/a vs x265 medium (no shared quality range)"
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == sizes                 # the INR points only, each with its size
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert not fig.legends[0].get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    plt.close(fig)
+
+    assert (size_label(98304), size_label(1.5e6), size_label("lambda0.01"), size_label("0.3M")) == \
+        ("0.098M", "1.5M", "λ=0.01", "0.3M")
+    assert format_bd(1450.4) == "+1450%" and format_bd(-12.345) == "-12.3%"
+    # a result written before the CompressAI names ("psnr", "ms_ssim") still plots and still gets its BD-rate
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"name": "old", "results": {"bpp": HINERV_PAPER[0], "psnr": HINERV_PAPER[1],
+                                                          "ms_ssim": [0.9, 0.92, 0.94, 0.96, 0.97]}}))
+    anchor = _result_file(tmp_path / "hnerv.json", "HNeRV", HNERV_1080P)
+    assert bd_rate_json(anchor, old)["bd_rate_%"] == pytest.approx(-72.2, abs=0.15)
+    assert len(load_curve(json.loads(old.read_text()), "ms-ssim-rgb", old)["rate"]) == 5
+    png = plot_rd([anchor, old], tmp_path / "rd.png", anchor=anchor)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

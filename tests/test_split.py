@@ -35,7 +35,7 @@ def student_file(tmp_path_factory):
 @pytest.fixture
 def server(student_file):
     student, model_id = model_file.load_student(student_file)
-    with SplitServer(student, model_id, CPU, port=0, max_frame=4096, timeout=5.0) as srv:
+    with SplitServer(student, model_id, CPU, port=0, max_frame=4096, frame_timeout=5.0) as srv:
         yield srv
 
 

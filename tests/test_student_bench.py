@@ -210,3 +210,13 @@ def test_holdout_check_counts_a_student_exactly_one_point_below_the_teacher_as_w
     check = B.holdout_check(3271 / 4000, 3299 / 4000, 3340 / 4000, 4000, 4000, teacher_all)
     assert check["top1_ok_all"]
     assert not B.holdout_check(3270 / 4000, 3299 / 4000, 3340 / 4000, 4000, 4000, teacher_all)["top1_ok_all"]
+
+
+def test_baseline_cache_reads_the_rows_with_meta_and_the_bare_list_earlier_runs_wrote(tmp_path):
+    import json
+
+    rows = _curve("jpeg", [(700, 0.40)])
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(rows))
+    new.write_text(json.dumps({"rows": rows, "meta": {"commit": "unknown"}}))
+    assert B.read_cache(old) == rows and B.read_cache(new) == rows and B.read_cache(tmp_path / "none.json") is None

@@ -176,7 +176,7 @@ def test_cli_stage2_from_a_student_file(capsys, models, tmp_path):
     """`ncodec train student --from S` runs stage 2 only: encoder and prior stay bit-identical."""
     out = tmp_path / "more.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
-            "--device", "cpu", "-o", out]
+            "--device", "cpu", "-o", out, "-y"]
     code, _, err = run(capsys, *base, "--from", models / "student.safetensors", "--epochs2", "1", "--json")
     assert code == 0, err
     a, b = (model_file.load(p).tensors for p in (models / "student.safetensors", out))
@@ -192,7 +192,7 @@ def test_cli_init_continues_stage1_from_a_student_file(capsys, models, tmp_path)
     """`ncodec train student --init S --kd-weight W --hard-latent`: stage 1 from S's weights, with the KD term."""
     out = tmp_path / "kd.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
-            "--device", "cpu", "-o", out]
+            "--device", "cpu", "-o", out, "-y"]          # -y: the later runs check options against an existing out
     code, text, err = run(capsys, *base, "--init", models / "student.safetensors", "--epochs", "1", "--epochs2", "0",
                           "--kd-weight", "20", "--hard-latent", "--tune-tail", "--json")
     assert code == 0, err
@@ -216,7 +216,7 @@ def test_cli_encoder_blocks_and_kernel(capsys, models, tmp_path):
     down-sampling kernel; the file records both and codes alike."""
     out = tmp_path / "deep.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
-            "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out]
+            "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out, "-y"]
     code, _, err = run(capsys, *base, "--encoder-blocks", "1", "--encoder-kernel", "3", "--json")
     assert code == 0, err
     student, _ = model_file.load_student(str(out))
@@ -238,7 +238,7 @@ def test_cli_decoder_blocks(capsys, models, tmp_path):
     """`--decoder-blocks N` deepens the server-side decoder; the file records it and loads with it."""
     out = tmp_path / "deepdec.safetensors"
     base = ["train", "student", "digits", "--teacher", models / "teacher.safetensors", "--limit", "200",
-            "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out]
+            "--device", "cpu", "--epochs", "1", "--epochs2", "0", "-o", out, "-y"]
     code, _, err = run(capsys, *base, "--decoder-blocks", "1", "--json")
     assert code == 0, err
     student, _ = model_file.load_student(str(out))

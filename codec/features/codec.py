@@ -7,6 +7,7 @@ student's model id, and decoding with any other student is refused.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -20,16 +21,17 @@ from bitstream.coder import CdfTableModel, RangeDecoder, RangeEncoder, TableMode
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
-from codec.base import Codec, Encoded, Job
+from codec.base import Bounds, Codec, Encoded, Job
 from codec.device import pick_device
 from codec.errors import UserError
 from codec.features.data import _to_array, expand_inputs, load_images, to_float
-from codec.features.model_file import load_student
+from codec.features.model_file import load_student, peek_student
 from codec.features.options import StudentDecodeOptions, StudentOptions
 from codec.features.student import Student
 from codec.progress import write_json
 
 MAX_STREAM_BYTES = 1 << 24       # one image's latent stream; far above any real latent, refuses absurd claims
+CLASSIFY_BATCH = 256             # images the server half classifies at once
 
 
 class LatentCoder:
@@ -136,7 +138,7 @@ def encode_images(student: Student, images: torch.Tensor, device: torch.device, 
 
 @torch.no_grad()
 def classify_symbols(student: Student, symbols: np.ndarray, device: torch.device,
-                     batch_size: int = 256) -> np.ndarray:
+                     batch_size: int = CLASSIFY_BATCH) -> np.ndarray:
     """int32 symbols [N, C, h, w] -> predicted class per image (the server half's network)."""
     out = []
     for i in range(0, symbols.shape[0], batch_size):
@@ -228,6 +230,27 @@ class StudentCodec(Codec):
                                 "latent_bytes_per_image": payload / n, "latent_shape": f"{lc}x{lh}x{lw}",
                                 "encode_ms_per_image": encode_ms, "model_id": model_id, "device": str(dev)})
 
+    def bounds(self, reader: Reader, options: StudentDecodeOptions) -> Bounds:
+        """From the header and the student file's header (config and tensor shapes; nothing is loaded): the file
+        read and its tensors, the network Student builds, every image's symbols (int32 kept, int64 while decoded)
+        and a classification batch's feature maps. Each latent stream takes at least two bytes (its length and
+        one byte), so the latents section bounds the count the header declares."""
+        cost, file_bytes = peek_student(options.model)
+        header = reader.header
+        shape = (header.get("latent_c"), header.get("latent_h"), header.get("latent_w"))
+        if shape != cost.latent_shape:
+            raise BitstreamError(f"latent shape {shape} does not match the student's {cost.latent_shape}")
+        count = header.get("count")
+        if type(count) is not int or count < 1:
+            raise BitstreamError(f"header: count {count!r} is not a positive integer")
+        payload = reader.section("latents").length
+        if 2 * count > payload:
+            raise BitstreamError(f"section 'latents': {payload} bytes cannot hold {count} latent streams")
+        latent = math.prod(cost.latent_shape)
+        need = (2 * file_bytes + 8 * (cost.built + cost.stored) + payload + 12 * count * latent
+                + 16 * min(count, CLASSIFY_BATCH) * cost.widest * cost.image_size ** 2)
+        return Bounds(cost.built + cost.stored, 0, need)
+
     def load(self, reader: Reader, options: StudentDecodeOptions) -> Predictions:
         student, model_id, dev = open_student(options.model, options.device)
         header = reader.header
@@ -280,7 +303,7 @@ class StudentCodec(Codec):
         r.expect_end()
         return names
 
-    def info(self, reader: Reader) -> dict[str, Any]:
+    def info(self, reader: Reader, options=None) -> dict[str, Any]:
         h = reader.header
         return {"images": h.get("count"),
                 "latent_shape": f"{h.get('latent_c')}x{h.get('latent_h')}x{h.get('latent_w')}"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ def save(path: str | os.PathLike, kind: str, config: dict[str, Any], tensors: di
 
 
 def load(path: str | os.PathLike, expect: str | None = None) -> ModelFile:
-    """Read a model file; anything that is not one of ours is a one-line UserError."""
-    path = os.fspath(path)
+    """Read a model file (a path or a zoo model's name); anything that is not one of ours is a one-line UserError."""
+    from codec.zoo import resolve_model
+
+    path = resolve_model(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -115,8 +118,9 @@ def save_teacher(path, teacher, meta: dict[str, Any] | None = None) -> str:
 def load_teacher(path: str):
     """An ncodec teacher file, or a pretrained CIFAR ResNet checkpoint ({'state_dict': ...}, read weights-only)."""
     from codec.features.teacher import CifarResNet, load_pretrained_resnet
+    from codec.zoo import resolve_model
 
-    path = os.fspath(path)
+    path = resolve_model(path)                  # a path, or the name of a zoo model (`ncodec models`)
     with _open_or_error(path) as f:
         head = f.read(8)
     if path.endswith((".th", ".pth", ".pt", ".tar")) or head[:2] == b"PK":   # torch's zip checkpoints start PK
@@ -138,9 +142,92 @@ def load_student(path: str):
     from codec.features.student import Student, load_student_state
 
     mf = load(path, expect="student")
+    student_cost(mf.config, sum(t.numel() for t in mf.tensors.values()), path)   # before anything is built
     student = Student(mf.config)
     load_student_state(student, mf.tensors)
     return student.eval(), mf.model_id
+
+
+# ---- what a student file asks of a decoder, from its config (nothing built)
+
+TEACHER_LIMITS = {"blocks": (1, 64), "in_channels": (1, 4), "image_size": (1, 4096), "num_classes": (1, 100_000)}
+MAX_WIDTH = 4096
+
+
+@dataclass(frozen=True)
+class StudentCost:
+    built: int                      # values of the network Student(config) builds (the whole teacher shell too)
+    stored: int                     # at least this many of them are stored in the file (the tail, coder halves)
+    latent_shape: tuple[int, int, int]
+    image_size: int
+    widest: int                     # the widest feature map's channels (classification activations)
+
+
+def student_cost(config: Any, stored: int, path: str | os.PathLike = "student model") -> StudentCost:
+    """The student's size from its config alone, checked: the teacher's fields within range, and the network's
+    weights no more than the `stored` values the file holds (it stores every one). A UserError otherwise."""
+    from codec.features.student import check_config
+    from codec.features.teacher import STAGES, stage_stride
+
+    bad = f"{path}: the student config is out of range"
+    try:
+        t = config["teacher"]
+        ints = {k: t[k] for k in TEACHER_LIMITS}
+        widths = list(t["widths"])
+        if not (all(type(v) is int and lo <= v <= hi for (k, v), (lo, hi) in
+                    zip(ints.items(), TEACHER_LIMITS.values()))
+                and len(widths) == len(STAGES) and all(type(v) is int and 1 <= v <= MAX_WIDTH for v in widths)):
+            raise UserError(bad)
+        check_config(config)
+        n, w, stride = int(config["latent_channels"]), int(config["encoder_channels"]), int(config["encoder_stride"])
+        dw, k = int(config["decoder_channels"]), int(config.get("encoder_kernel", 5))
+        eb, db = int(config.get("encoder_blocks", 0)), int(config.get("decoder_blocks", 0))
+        split = STAGES.index(config["split"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(bad) from None
+    c_in, size, blocks, classes = ints["in_channels"], ints["image_size"], ints["blocks"], ints["num_classes"]
+    # conv weights only: a lower bound of what the file must store; `built` adds the teacher stages Student drops
+    down = max(1, int(math.log2(stride)))
+    encoder = w * c_in * k * k + (down - 1) * w * w * k * k + eb * 18 * w * w + 9 * w * n
+    up = int(math.log2(stride // stage_stride(config["split"])))
+    decoder = 9 * n * dw + db * 18 * dw * dw + up * 16 * dw * dw + 9 * dw * widths[split]
+    stages, p_in = [], widths[0]
+    for p in widths:
+        stages.append(blocks * 9 * (p_in * p + p * p) + (blocks - 1) * 9 * (p * p - p_in * p))
+        p_in = p
+    tail = sum(stages[split + 1:]) + widths[-1] * classes
+    least = encoder + decoder + tail
+    if least > stored:
+        raise UserError(f"{path}: its config describes at least {least:,} weights but the file stores {stored:,} "
+                        f"values")
+    built = least + 9 * c_in * widths[0] + sum(stages[:split + 1])
+    return StudentCost(built, stored, (n, size // stride, size // stride), size, max(widths + [w, dw]))
+
+
+def peek_student(path: str | os.PathLike) -> tuple[StudentCost, int]:
+    """(cost, file bytes) of a student file from its safetensors header alone (its tensors are not read)."""
+    from codec.zoo import resolve_model
+
+    path = resolve_model(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            data = head + f.read(n) if 0 <= n <= MAX_HEADER else b""
+    except FileNotFoundError:
+        raise UserError(f"model file {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"model file {path} is a folder") from None
+    description = _description(data, path)
+    if description.get("kind") != "student":
+        raise UserError(f"{path} is a {description.get('kind')} model, not a student")
+    try:
+        entries = [v for k, v in json.loads(data[8:]).items() if k != "__metadata__"]
+        stored = sum(math.prod(int(d) for d in e["shape"]) for e in entries)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is not an ncodec model file") from None
+    return student_cost(description.get("config"), stored, path), size
 
 
 def _load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:

@@ -10,11 +10,19 @@ Framing: every message is a frame = u32 little-endian body length, then the body
 
 Strings are ByteWriter strings (varint length + UTF-8). A malformed frame, an oversized length, a wrong model id or a
 client that stalls or vanishes mid-frame costs that one connection: it gets an error reply where a reply can still be
-sent, the connection is closed, and the server goes on serving everyone else (one thread per connection).
+sent, the connection is closed, and the server goes on serving everyone else.
+
+Bounds: each frame must arrive complete within `frame_timeout` seconds of the server being ready for it (after the
+connection is accepted, or after the reply to the previous frame), so a client that trickles bytes, or sits idle,
+is dropped. At most `max_clients` connections are served at once, each by its own thread; a connection beyond that
+gets the ordinary error reply "server busy: ..." straight away (today's clients print it) and is closed, from the
+accepting thread, without a thread of its own. Every connection ends with one log line: peer, images, bytes in and
+out, seconds, and how it ended.
 """
 from __future__ import annotations
 
 import errno
+import selectors
 import socket
 import struct
 import sys
@@ -36,7 +44,12 @@ MAGIC = b"NCSPLIT2"     # 2: latents are trimmed streams (bitstream.coder.trim_s
 MSG_LATENT, MSG_BYE = 1, 2
 STATUS_OK, STATUS_ERROR = 0, 1
 DEFAULT_MAX_FRAME = 1 << 20          # 1 MiB: far above one latent, small enough that a liar cannot exhaust memory
-DEFAULT_TIMEOUT = 30.0               # seconds a connection may stall in the middle of a frame
+DEFAULT_FRAME_TIMEOUT = 30.0         # seconds within which a whole frame must arrive
+DEFAULT_TIMEOUT = DEFAULT_FRAME_TIMEOUT   # the client's wait for a reply
+DEFAULT_MAX_CLIENTS = 64             # connections served at once; more are refused with "server busy"
+CLOSE_GRACE = 1.0                    # seconds a dropped or refused client gets to read its error reply
+MAX_CLOSING = 128                    # refused connections waiting for their client to read the refusal
+_DRAIN_LIMIT = 1 << 16               # bytes read (and thrown away) from a closing connection, at most
 _LEN = struct.Struct("<I")
 
 
@@ -44,25 +57,47 @@ class ProtocolError(Exception):
     """The peer broke the framing or the protocol; the connection is closed after an error reply."""
 
 
+class FrameTimeout(ProtocolError):
+    """A frame did not arrive complete before its deadline."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # framing
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    """n bytes, or fewer only if the peer closed the connection."""
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None, counter: Any = None) -> bytes:
+    """n bytes, or fewer only if the peer closed the connection.
+
+    With a deadline (time.monotonic()), all n bytes must arrive before it, whatever the pace (FrameTimeout);
+    without one the socket's own timeout applies to each read. `counter.bytes_in` counts what arrives."""
     parts, got = [], 0
     while got < n:
-        chunk = sock.recv(min(n - got, 65536))
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FrameTimeout("frame deadline passed")
+            sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(n - got, 65536))
+        except TimeoutError:
+            if deadline is None:
+                raise
+            raise FrameTimeout("frame deadline passed") from None
         if not chunk:
             break
         parts.append(chunk)
         got += len(chunk)
+        if counter is not None:
+            counter.bytes_in += len(chunk)
     return b"".join(parts)
 
 
-def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> bytes | None:
-    """One frame's body; None when the peer closed cleanly between frames."""
-    head = _recv_exact(sock, 4)
+def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, deadline: float | None = None,
+               counter: Any = None) -> bytes | None:
+    """One frame's body; None when the peer closed cleanly between frames.
+
+    `deadline` (time.monotonic()): the whole frame, length prefix and body, must be in by then (FrameTimeout)."""
+    head = _recv_exact(sock, 4, deadline, counter)
     if not head:
         return None
     if len(head) < 4:
@@ -70,7 +105,7 @@ def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> bytes
     (n,) = _LEN.unpack(head)
     if n > max_frame:
         raise ProtocolError(f"frame of {n} bytes exceeds the limit of {max_frame}")
-    body = _recv_exact(sock, n)
+    body = _recv_exact(sock, n, deadline, counter)
     if len(body) < n:
         raise ProtocolError(f"connection closed after {len(body)} of {n} bytes of a frame")
     return body
@@ -103,54 +138,101 @@ def _error(message: str) -> bytes:
 
 @dataclass
 class ServerStats:
-    connections: int = 0
+    connections: int = 0    # connections served (given a slot)
     images: int = 0
-    errors: int = 0
+    errors: int = 0         # served connections dropped for an error (bad frame, deadline, ...)
+    refused: int = 0        # connections refused because every slot was taken
     last_error: str = ""
+
+
+@dataclass
+class ConnectionRecord:
+    """What one connection did; logged as one line when it ends."""
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    images: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    outcome: str = "closed by the client"
+
+    def line(self) -> str:
+        return (f"{self.peer}: {self.images} images, {self.bytes_in} bytes in, {self.bytes_out} bytes out, "
+                f"{time.monotonic() - self.started:.2f} s, {self.outcome}")
 
 
 class SplitServer:
     """Entropy decoding, the student's decoder and tail; answers each latent with its class."""
 
     def __init__(self, student: Student, model_id: str, device: torch.device, host: str = "127.0.0.1",
-                 port: int = 0, max_frame: int = DEFAULT_MAX_FRAME, timeout: float = DEFAULT_TIMEOUT,
-                 log: Callable[[str], None] | None = None):
+                 port: int = 0, max_frame: int = DEFAULT_MAX_FRAME, frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                 max_clients: int = DEFAULT_MAX_CLIENTS, log: Callable[[str], None] | None = None):
+        if not frame_timeout > 0:
+            raise UserError(f"the frame timeout must be positive, got {frame_timeout}")
+        if max_clients < 1:
+            raise UserError(f"the client limit must be at least 1, got {max_clients}")
         self.student, self.model_id, self.device = student.eval(), model_id, device
         self.coder = LatentCoder(student)
-        self.max_frame, self.timeout = max_frame, timeout
-        self.log = log or (lambda msg: None)
+        self.max_frame, self.frame_timeout, self.max_clients = max_frame, frame_timeout, max_clients
+        self.log = log if log is not None else (lambda msg: None)
         self.stats = ServerStats()
-        self._lock = threading.Lock()           # one inference at a time: steady timings, no thread oversubscription
+        self._infer = threading.Lock()          # one inference at a time: steady timings, no thread oversubscription
+        self._state = threading.Lock()          # stats and the table of active connections
+        self._active: dict[socket.socket, threading.Thread] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sock = bind_listener(host, port)
+        self._last_accept_error = 0.0
+        self._sock = bind_listener(host, port, backlog=max(64, min(max_clients, 1024)))
         self.host, self.port = self._sock.getsockname()[:2]
+
+    @property
+    def active(self) -> int:
+        """Connections being served right now."""
+        with self._state:
+            return len(self._active)
 
     # -- lifecycle
     def serve_forever(self) -> None:
-        self._sock.settimeout(0.2)               # wake up to notice close()
-        while not self._stop.is_set():
-            try:
-                conn, addr = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    break
-                raise
-            self.stats.connections += 1
-            threading.Thread(target=self._serve_connection, args=(conn, addr), daemon=True).start()
+        """Accept until close(): one thread per served connection, refusals handled here without threads."""
+        sel = selectors.DefaultSelector()
+        self._sock.setblocking(False)
+        sel.register(self._sock, selectors.EVENT_READ)
+        closing: dict[socket.socket, list] = {}          # refused connection -> [deadline, bytes drained]
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.2):           # wake up to notice close()
+                    if key.fileobj is self._sock:
+                        self._accept_ready(sel, closing)
+                    else:
+                        self._drain(sel, closing, key.fileobj)
+                now = time.monotonic()
+                for s, (until, _) in list(closing.items()):
+                    if now >= until:
+                        self._forget(sel, closing, s)
+        finally:
+            for s in list(closing):
+                self._forget(sel, closing, s)
+            sel.close()
 
     def start(self) -> "SplitServer":
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="split-accept")
         self._thread.start()
         return self
 
     def close(self) -> None:
+        """Stop accepting, end the connections being served, and wait (briefly) for their threads."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._sock.close()
+        with self._state:
+            active = list(self._active.items())
+        for conn, _ in active:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)           # wakes the thread blocked on it
+            except OSError:
+                pass
+        for _, thread in active:
+            thread.join(timeout=5)
 
     def __enter__(self) -> "SplitServer":
         return self.start()
@@ -158,25 +240,113 @@ class SplitServer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- one client
-    def _serve_connection(self, conn: socket.socket, addr) -> None:
-        conn.settimeout(self.timeout)
-        peer = f"{addr[0]}:{addr[1]}"
+    # -- accepting and refusing
+    def _accept_ready(self, sel: selectors.BaseSelector, closing: dict) -> None:
+        for _ in range(64):                                # then give the refused connections a turn
+            try:
+                conn, addr = self._sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if self._stop.is_set():
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                # out of file descriptors or memory: say so (at most every 5 s), back off, keep the server up
+                now = time.monotonic()
+                if now - self._last_accept_error > 5:
+                    self._last_accept_error = now
+                    self._log(f"cannot accept a connection: {e.strerror or e}")
+                time.sleep(0.05)
+                return
+            record = ConnectionRecord(_peer(addr))
+            with self._state:
+                full = len(self._active) >= self.max_clients
+                if not full:
+                    thread = threading.Thread(target=self._serve_connection, args=(conn, record), daemon=True,
+                                              name=f"split-{record.peer}")
+                    self._active[conn] = thread
+                    self.stats.connections += 1
+            if full:
+                self._refuse(sel, closing, conn, record)
+                continue
+            try:
+                thread.start()
+            except RuntimeError as e:                      # the system will not give us another thread
+                with self._state:
+                    self._active.pop(conn, None)
+                    self.stats.connections -= 1
+                self._refuse(sel, closing, conn, record, f"server busy: {e}")
+
+    def _refuse(self, sel: selectors.BaseSelector, closing: dict, conn: socket.socket, record: ConnectionRecord,
+                reason: str | None = None) -> None:
+        """The error reply right away, then a graceful close that never blocks the accepting thread."""
+        reason = reason or f"server busy: all {self.max_clients} connection slots are taken; try again later"
+        with self._state:
+            self.stats.refused += 1
+        record.outcome = f"refused: {reason}"
+        body = _error(reason)
+        try:
+            conn.setblocking(False)
+            record.bytes_out = conn.send(_LEN.pack(len(body)) + body)   # a fresh socket's buffer has room
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+        else:
+            if len(closing) < MAX_CLOSING:
+                # closing with unread input would send a TCP reset, which can destroy the refusal before the client
+                # reads it: read (and drop) what it sends until it closes, or for CLOSE_GRACE seconds
+                closing[conn] = [time.monotonic() + CLOSE_GRACE, 0]
+                sel.register(conn, selectors.EVENT_READ)
+            else:
+                conn.close()
+        self._log(record.line())
+
+    def _drain(self, sel: selectors.BaseSelector, closing: dict, conn: socket.socket) -> None:
+        try:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        closing[conn][1] += len(chunk)
+        if not chunk or closing[conn][1] > _DRAIN_LIMIT:
+            self._forget(sel, closing, conn)
+
+    @staticmethod
+    def _forget(sel: selectors.BaseSelector, closing: dict, conn: socket.socket) -> None:
+        closing.pop(conn, None)
+        try:
+            sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    # -- one client, in its own thread
+    def _serve_connection(self, conn: socket.socket, record: ConnectionRecord) -> None:
         try:
             with conn:
                 try:
-                    self._session(conn)
+                    self._session(conn, record)
+                except FrameTimeout:
+                    self._fail(conn, record, f"no complete frame within {self.frame_timeout:g} s")
                 except (ProtocolError, BitstreamError, ValueError) as e:
-                    self._fail(conn, peer, str(e))
-                except (socket.timeout, TimeoutError):
-                    self._fail(conn, peer, f"no data for {self.timeout:g} s")
+                    self._fail(conn, record, str(e))
+                except TimeoutError:             # a reply that could not be sent: the client reads nothing
+                    self._count_error(record, f"the client read no reply for {self.frame_timeout:g} s")
                 except OSError as e:             # reset by peer, broken pipe: nothing left to answer
-                    self._count_error(peer, f"connection error: {e.strerror or e}")
+                    self._count_error(record, f"connection error: {e.strerror or e}")
         except Exception as e:  # noqa: BLE001 -- a bug must cost one connection, never the whole server
-            self._count_error(peer, f"internal error: {type(e).__name__}: {e}")
+            self._count_error(record, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            if self._stop.is_set() and record.outcome == "closed by the client":
+                record.outcome = "closed: the server stopped"
+            self._log(record.line())             # before leaving the table: active == 0 means every line is out
+            with self._state:
+                self._active.pop(conn, None)
 
-    def _session(self, conn: socket.socket) -> None:
-        hello = read_frame(conn, self.max_frame)
+    def _session(self, conn: socket.socket, record: ConnectionRecord) -> None:
+        hello = read_frame(conn, self.max_frame, time.monotonic() + self.frame_timeout, record)
         if hello is None:
             return
         if len(hello) != len(MAGIC) + 16 or not hello.startswith(MAGIC):
@@ -185,42 +355,68 @@ class SplitServer:
         if client_id != self.model_id:
             raise ProtocolError(f"the client encodes with student {client_id}, this server decodes with "
                                 f"{self.model_id}")
-        write_frame(conn, _ok(lambda w: w.str_("ok")))
+        self._send(conn, record, _ok(lambda w: w.str_("ok")))
         while True:
-            frame = read_frame(conn, self.max_frame)
+            # the deadline runs from now, when the server is ready for the frame: trickling and idling both end
+            frame = read_frame(conn, self.max_frame, time.monotonic() + self.frame_timeout, record)
             if frame is None or frame[:1] == bytes([MSG_BYE]):
                 return
             if frame[:1] != bytes([MSG_LATENT]):
                 raise ProtocolError(f"unknown message type {frame[0] if frame else 'none (empty frame)'}")
             t0 = time.perf_counter()
-            with self._lock:
+            with self._infer:
                 symbols = self.coder.decode(frame[1:])
                 cls = int(classify_symbols(self.student, symbols[None], self.device)[0])
             ms = (time.perf_counter() - t0) * 1000
-            self.stats.images += 1
-            write_frame(conn, _ok(lambda w: w.varint(cls), lambda w: w.f32(ms)))
+            record.images += 1
+            with self._state:
+                self.stats.images += 1
+            self._send(conn, record, _ok(lambda w: w.varint(cls), lambda w: w.f32(ms)))
 
-    def _fail(self, conn: socket.socket, peer: str, message: str) -> None:
-        self._count_error(peer, message)
+    def _send(self, conn: socket.socket, record: ConnectionRecord, body: bytes) -> None:
+        conn.settimeout(self.frame_timeout)        # a client that never reads its replies is dropped too
+        record.bytes_out += write_frame(conn, body)
+
+    def _fail(self, conn: socket.socket, record: ConnectionRecord, message: str) -> None:
+        self._count_error(record, message)
         try:
-            write_frame(conn, _error(message))
+            conn.settimeout(CLOSE_GRACE)
+            record.bytes_out += write_frame(conn, _error(message))
             # close gracefully: closing with unread input would send a TCP reset, which can destroy the error
-            # reply before the client reads it; so stop sending, then drain a little of what the client still sends
+            # reply before the client reads it; so stop sending, then drain a little of what the client still
+            # sends, for CLOSE_GRACE seconds in all
             conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(0.5)
-            drained = 0
-            while drained < 1 << 16 and (chunk := conn.recv(4096)):
+            until, drained = time.monotonic() + CLOSE_GRACE, 0
+            while drained < _DRAIN_LIMIT and (left := until - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
                 drained += len(chunk)
         except OSError:
             pass                                  # the peer is gone (or stalls); closing is all that is left
 
-    def _count_error(self, peer: str, message: str) -> None:
-        self.stats.errors += 1
-        self.stats.last_error = message
-        self.log(f"{peer}: {message}")
+    def _log(self, line: str) -> None:
+        try:
+            self.log(line)
+        except Exception:  # noqa: BLE001 -- a broken log (closed stderr) must not take a connection slot with it
+            pass
+
+    def _count_error(self, record: ConnectionRecord, message: str) -> None:
+        with self._state:
+            self.stats.errors += 1
+            self.stats.last_error = message
+        record.outcome = f"dropped: {message}"
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def _peer(addr) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = f"[{addr[0]}]" if ":" in str(addr[0]) else str(addr[0])
+        return f"{host}:{addr[1]}"
+    return str(addr)
+
+
+def bind_listener(host: str, port: int, backlog: int = 64) -> socket.socket:
     """A listening TCP socket; a port in use or an unknown host is a one-line UserError."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -230,7 +426,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.bind(address)
-        sock.listen(64)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
@@ -270,15 +466,33 @@ class SplitClient:
             raise UserError(f"connecting to {host}:{port} timed out") from None
         except OSError as e:
             raise UserError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        self.timeout = timeout
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        write_frame(self.sock, MAGIC + model_id.encode("ascii"))
-        self._reply()
+        try:
+            self._send(MAGIC + model_id.encode("ascii"))
+            self._reply()                   # "ok", or the server's reason: a wrong model, "server busy", ...
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _send(self, body: bytes) -> int:
+        try:
+            return write_frame(self.sock, body)
+        except TimeoutError:
+            raise UserError(f"the split server took no data for {self.timeout:g} s") from None
+        except OSError:                     # reset, broken pipe: the server may have said why before closing
+            self._reply()
+            raise UserError("the split server closed the connection") from None
 
     def _reply(self) -> ByteReader:
         try:
             body = read_frame(self.sock)
         except ProtocolError as e:
             raise UserError(f"split server: {e}") from None
+        except TimeoutError:
+            raise UserError(f"the split server did not answer within {self.timeout:g} s") from None
+        except OSError as e:
+            raise UserError(f"the split server closed the connection ({e.strerror or e})") from None
         if body is None:
             raise UserError("the split server closed the connection")
         r = ByteReader(body, "server reply")
@@ -292,7 +506,7 @@ class SplitClient:
         symbols = encode_images(self.student, image[None], self.device)[0]
         stream = self.coder.encode(symbols)
         t1 = time.perf_counter()
-        wire = write_frame(self.sock, bytes([MSG_LATENT]) + stream)
+        wire = self._send(bytes([MSG_LATENT]) + stream)
         r = self._reply()
         t2 = time.perf_counter()
         cls, server_ms = r.varint(), r.f32()

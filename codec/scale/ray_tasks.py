@@ -144,7 +144,9 @@ def encode_task(codec, name: str, payload: dict, options, threads: int, board) -
     if "frames" in payload:
         # a copy: arrays from Ray's object store are read-only
         source = codec.read(np.array(payload["frames"]), options)
-        source.fps = payload["fps"]                 # an array has no frame rate: the segment keeps its video's
+        # an array has no frame rate or pixel format: the segment keeps its video's
+        source.fps, source.pix_fmt = payload["fps"], payload.get("pix_fmt")
+        source.source_size = payload.get("source_size")
     else:
         with tempfile.TemporaryDirectory(prefix="ncodec-task-") as tmp:
             source = codec.read(write_input(payload, tmp), options)

@@ -90,7 +90,8 @@ def encode_segmented(codec, input: str, output: str, options, segment: int, work
                 rows[name] = {**row, "status": "skipped (complete)"}
                 continue
             yield {"name": name, "k": k, "start": k * segment, "frames": piece.num_frames,
-                   "load": (lambda f=piece.frames, r=piece.fps, h=seg_sha: ({"frames": f, "fps": r}, h))}
+                   "load": (lambda p=piece, h=seg_sha: ({"frames": p.frames, "fps": p.fps, "pix_fmt": p.pix_fmt,
+                                                         "source_size": p.source_size}, h))}
 
     def on_done(job, result):
         data = result["data"]

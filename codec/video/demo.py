@@ -77,7 +77,7 @@ def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "
     codec = registry.get("hnerv")
     options = codec.Options(device=device, max_frames=frames, max_time=max_time, size=size, batch_size=batch_size,
                             lr=lr)
-    enc = api.encode_file(codec, src, ncb, options)
+    enc = api.encode_file(codec, src, ncb, options, overwrite=True)   # the demo rewrites its own folder
 
     say(f"[2/3] decoding {ncb} -> {decoded_path} ...")
     codec, decoded, dopts = api.open_file(ncb, device=device)

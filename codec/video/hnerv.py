@@ -52,6 +52,11 @@ class HNeRVConfig(UpsamplingConfig):
             out.append(c)
         return out
 
+    def frame_activations(self) -> int:
+        """Peak activation values of one frame: the 1x1 stem, then per block conv -> shuffle -> activation."""
+        return self.peak_activations((self.embed_dim + 2 * self.fc_dim) * self.grid_h * self.grid_w,
+                                     lambda c_in, c, a_in, a_out: c_in * a_in + 3 * c * a_out)
+
     @property
     def embed_values(self) -> int:
         return self.frames * self.embed_dim * self.grid_h * self.grid_w
@@ -114,6 +119,18 @@ class ConvNeXtEncoder(nn.Module):
         if ph or pw:  # the encoder sees the frame extended by edge replication (it is never stored)
             frames = F.pad(frames, (0, pw, 0, ph), mode="replicate")
         return self.stages(frames)
+
+
+def official_init(module: nn.Module) -> nn.Module:
+    """The official HNeRV code's ConvNeXt initialisation: every conv and linear weight trunc_normal(std 0.02) (its
+    bounds are +-2 absolute, as timm's, so in effect a normal), every bias zero. The official code applies it to
+    the encoder only; its decoder keeps PyTorch's defaults."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 class HNeRV(nn.Module):

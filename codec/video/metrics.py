@@ -1,4 +1,5 @@
-"""Video quality and rate as the papers report them: RGB PSNR and MS-SSIM per frame, averaged over frames; bpp.
+"""Video quality and rate as the papers report them: RGB PSNR and MS-SSIM per frame, averaged over frames; bpp;
+and the video-coding papers' Y-PSNR and YUV-PSNR (6:1:1) beside them (psnr_yuv).
 
 Inputs are RGB frames [T, H, W, 3] (or one frame [H, W, 3]), uint8 (peak 255) or float in [0, 1] (peak 1). When one
 side is uint8 and the other float, the uint8 side is divided by 255.
@@ -54,6 +55,42 @@ def psnr(ref, dist, max_db: float | None = None) -> tuple[float, np.ndarray]:
     if max_db is not None:
         per_frame = np.minimum(per_frame, max_db)
     return float(per_frame.mean()), per_frame
+
+
+# RGB -> Y'CbCr rows (full range: Y, Cb and Cr each span the whole 0..peak, so one peak serves all three planes)
+YUV_MATRICES = {
+    "bt601": np.array([[0.299, 0.587, 0.114],
+                       [-0.168735892, -0.331264108, 0.5],
+                       [0.5, -0.418687589, -0.081312411]]),
+    "bt709": np.array([[0.2126, 0.7152, 0.0722],
+                       [-0.114572106, -0.385427894, 0.5],
+                       [0.5, -0.454152908, -0.045847092]]),
+}
+
+
+def psnr_yuv(ref, dist, matrix: str = "bt601", max_db: float | None = None) -> dict[str, float]:
+    """Y, U and V PSNR and YUV-PSNR = (6 Y + U + V) / 8 in dB (each the mean over frames of the per-frame value).
+
+    The planes are computed from the RGB frames in float64 with `matrix` in full range (BT.601 by default, as JPEG
+    and JFIF define it; "bt709" for HD-tagged sources), with no rounding and no chroma subsampling, so the numbers
+    compare codecs on the same RGB frames; they are not those of a YUV 4:2:0 file's own planes. The offsets of Cb
+    and Cr cancel in the differences, so only the matrix matters. Identical frames give +inf as in `psnr`."""
+    if matrix not in YUV_MATRICES:
+        raise UserError(f"unknown YUV matrix {matrix!r}; choose one of {', '.join(YUV_MATRICES)}")
+    a, b, peak = _as_clips(ref, dist)
+    m = YUV_MATRICES[matrix]
+    per_frame = np.empty((a.shape[0], 3), np.float64)
+    for t in range(a.shape[0]):  # one frame at a time, as in `psnr`
+        fa = a[t].astype(np.float64) / (255.0 if a.dtype == np.uint8 and peak == 1.0 else 1.0)
+        fb = b[t].astype(np.float64) / (255.0 if b.dtype == np.uint8 and peak == 1.0 else 1.0)
+        diff = (fa - fb).reshape(-1, 3) @ m.T                 # [pixels, (Y, Cb, Cr)]
+        mse = np.mean(diff * diff, axis=0)
+        with np.errstate(divide="ignore"):
+            per_frame[t] = np.where(mse > 0, 10.0 * np.log10(peak * peak / np.maximum(mse, 1e-300)), math.inf)
+    if max_db is not None:
+        per_frame = np.minimum(per_frame, max_db)
+    y, u, v = per_frame.mean(axis=0)
+    return {"psnr_y": float(y), "psnr_u": float(u), "psnr_v": float(v), "psnr_yuv": float((6 * y + u + v) / 8)}
 
 
 def ms_ssim_config(height: int, width: int) -> tuple[str, int]:

@@ -42,6 +42,11 @@ class NeRVConfig(UpsamplingConfig):
     def widths(self) -> list[int]:
         return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
 
+    def frame_activations(self) -> int:
+        """Peak activation values of one frame: the stem's output, then per block conv -> shuffle -> activation."""
+        return self.peak_activations(2 * self.fc_dim * self.grid_h * self.grid_w,
+                                     lambda c_in, c, a_in, a_out: c_in * a_in + 3 * c * a_out)
+
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.pe_levels,
                 self.stem_hidden, self.kernel, self.reduce, self.lower_width, self.head_kernel]

@@ -60,6 +60,14 @@ class NeRVPPConfig(UpsamplingConfig):
     def widths(self) -> list[int]:
         return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
 
+    def frame_activations(self) -> int:
+        """Peak activation values of one frame. A stage keeps its input and r; the gated block holds about 15 C
+        maps at the input size (2H = 16C/3 from fc1, the gate, the cat, the product), the upsampling, the FFN and
+        the bilinear skip about 5 C at the output size."""
+        return self.peak_activations(2 * self.fc_dim * self.grid_h * self.grid_w,
+                                     lambda c_in, c, a_in, a_out: c_in * a_in + max(15 * c * a_in,
+                                                                                    2 * c * a_in + 5 * c * a_out))
+
     def validate(self) -> None:
         ints = [self.height, self.width, self.frames, self.grid_h, self.grid_w, self.fc_dim, self.lower_width,
                 self.stem_hidden, self.pe_levels, self.reduce]

@@ -38,7 +38,7 @@ from bitstream import coder
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
-from codec.base import DecodedVideo, Encoded, Job, VideoCodec, header_fps, video_header
+from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_fps, phase, video_header
 from codec.device import device_name, pick_device, seed_everything
 from codec.errors import UserError
 from codec.fit import FitConfig, fit, frames_to_device
@@ -58,6 +58,14 @@ MAX_SYMBOL = (1 << 15) - 1      # integers are kept within 16-bit symmetric rang
 STEP_LR = 2e-3                  # wanted Adam step of log(step) per iteration ...
 RATE_LR = 2e-2                  # ... and of log(Laplace scale): realised by reparametrisation (see GroupModel)
 MAX_CONFIG_BYTES = 1 << 16
+# --bpp rate control (RatePlan, LambdaServo; docs/NIRVANA.md "Rate control")
+KEY_WEIGHT = 12.0               # a key group's share of the budget against a residual group's, before its cap
+RES_BITS_PER_PARAM = 0.8        # prior: bits per parameter a residual group spends at lambda 0.01 ...
+RES_SLOPE = 0.65                # ... and -d log(bits) / d log(lambda) of a residual group ...
+KEY_SLOPE = 0.35                # ... and of a key group below its cap (measured: carphone, Bunny)
+SERVO_GAIN = 0.03               # per step: log(lambda) += gain * log(bits / target)
+LAMBDA_RANGE = (1e-6, 10.0)
+RC_MIN_BITS_PER_PARAM = 0.05    # no group's target goes below this, whatever the groups before it spent
 GRID_SIDE = 4                   # the feature grid the MLP emits is GRID_SIDE x GRID_SIDE per patch
 
 
@@ -115,6 +123,19 @@ class NirvanaConfig(StoredConfig):
 
     def params(self) -> int:
         return sum(math.prod(s) for _, s in self.tensor_shapes())
+
+    def bounds(self, file_bytes: int, chunk: int) -> Bounds:
+        """What decoding a file of this config costs (arithmetic only). Decoding keeps every wanted group's integer
+        weights (int32) and dequantises a chunk of groups at a time (float32, then stacked); a chunk renders
+        every patch at once: the SIREN layers over [K, N, hidden], the feature grid, the upsampling convolutions
+        at the padded frame size and the 3G-channel head (with its tanh, scaling and the patches' reassembly)."""
+        p, groups = self.params(), self.num_groups
+        n = self.grid[0] * self.grid[1]
+        area = n * self.patch * self.patch
+        open_bytes = file_bytes + 8 * n
+        decode_bytes = open_bytes + 4 * p * (groups + 2) + 8 * p * chunk
+        frame = 3 * n * self.hidden + area * max(4 * self.channels, 15 * self.group + self.channels)
+        return Bounds(p * groups, open_bytes, decode_bytes, 4 * chunk * frame)
 
     def validate(self, err=BitstreamError) -> None:
         ints = [self.height, self.width, self.frames, self.group, self.patch, self.hidden, self.layers,
@@ -274,8 +295,13 @@ class GroupModel(nn.Module):
         return total
 
     def integers(self) -> list[np.ndarray]:
+        return self.round(self.latents)
+
+    @staticmethod
+    def round(latents) -> list[np.ndarray]:
+        """The integers that latents stand for (what a group section codes)."""
         return [torch.round(t.detach()).clamp(-MAX_SYMBOL, MAX_SYMBOL).to("cpu", torch.int32).numpy()
-                for t in self.latents]
+                for t in latents]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,25 +372,32 @@ def decode_chunk_groups(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 2
 
 
+def read_config(reader: Reader) -> NirvanaConfig:
+    """The config section, checked against the header."""
+    raw = reader.payload("config")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BitstreamError("config section is too large")
+    try:
+        conf = json.loads(raw.decode("utf-8"))
+        model = conf["model"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BitstreamError("config section is not a valid NIRVANA config") from None
+    if not isinstance(model, dict):
+        raise BitstreamError("config section is not a valid NIRVANA config")
+    cfg = NirvanaConfig.from_dict(model)
+    h = reader.header
+    if h.get("width") != cfg.width or h.get("height") != cfg.height or h.get("frames") != cfg.frames:
+        raise BitstreamError("header and config section disagree on the video size")
+    return cfg
+
+
 class LoadedFile(DecodedVideo):
-    """A NIRVANA file's config and steps (after Codec.check); group weights are decoded on demand, only for the
-    groups asked for."""
+    """A NIRVANA file's config and steps (after Codec.check and the bounds); group weights are decoded on demand,
+    only for the groups asked for."""
 
     def __init__(self, reader: Reader, device: torch.device):
-        raw = reader.payload("config")
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise BitstreamError("config section is too large")
-        try:
-            conf = json.loads(raw.decode("utf-8"))
-            model = conf["model"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise BitstreamError("config section is not a valid NIRVANA config") from None
-        if not isinstance(model, dict):
-            raise BitstreamError("config section is not a valid NIRVANA config")
-        self.cfg = NirvanaConfig.from_dict(model)
+        self.cfg = read_config(reader)
         h = reader.header
-        if h.get("width") != self.cfg.width or h.get("height") != self.cfg.height or h.get("frames") != self.cfg.frames:
-            raise BitstreamError("header and config section disagree on the video size")
         self.width, self.height, self.num_frames = self.cfg.width, self.cfg.height, self.cfg.frames
         self.fps = header_fps(h)
         self.shapes = [s for _, s in self.cfg.tensor_shapes()]
@@ -409,17 +442,98 @@ class LoadedFile(DecodedVideo):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# rate control (--bpp): the budget spread over the groups as the fit goes
+
+
+class RatePlan:
+    """Bit targets per group and the lambda each group's fit starts from (docs/NIRVANA.md, "Rate control").
+
+    Target of group k = the bits still unspent, shared among groups k..n-1 in proportion to their frames, a key
+    group counting KEY_WEIGHT times a residual group but never more than its starting integers cost (at moderate
+    rates a key group barely moves from them whatever lambda is; measured: Bunny, carphone). Overshoot or
+    undershoot of one group so moves the targets of all the groups after it. The starting lambda is predicted
+    from the last group of the same kind (key or residual), or from a prior, by bits ~ lambda^-slope."""
+
+    def __init__(self, cfg: NirvanaConfig, budget_bits: float):
+        self.cfg, self.left = cfg, float(budget_bits)
+        self.calib = {True: 1.0, False: 1.0}           # coded bits / rate proxy at the end of a fit, per kind
+        self.last: dict[bool, tuple[float, float, float]] = {}   # kind -> (final lambda, coded bits, frames)
+        self.key_bits: float | None = None             # what the last key group cost: a later key group's cap
+
+    def target(self, k: int, cap: float) -> float:
+        """Bits for group k; `cap` bounds it if k is a key group (the cost of the integers it starts from)."""
+        cfg = self.cfg
+        groups = range(k, cfg.num_groups)
+        frames = {j: (lambda a, b: (b - a) / cfg.group)(*cfg.group_frames(j)) for j in groups}
+        caps = {j: (cap if j == k else (self.key_bits or cap)) for j in groups if cfg.is_key(j)}
+
+        def spent(u: float) -> float:      # the bits groups k.. take when a residual frame share gets u bits
+            return sum(min(KEY_WEIGHT * frames[j] * u, caps[j]) if j in caps else frames[j] * u for j in groups)
+
+        lo, hi = 0.0, max(self.left, 1.0)
+        for _ in range(60):                # spent(u) grows with u: bisection for spent(u) = bits left
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if spent(mid) < self.left else (lo, mid)
+        u = 0.5 * (lo + hi)
+        share = min(KEY_WEIGHT * frames[k] * u, cap) if k in caps else frames[k] * u
+        return max(share, RC_MIN_BITS_PER_PARAM * cfg.params())
+
+    def start_lambda(self, key: bool, target: float, cap: float, frames: float) -> float:
+        if key in self.last:
+            lam, bits, f = self.last[key]
+            slope = KEY_SLOPE if key else RES_SLOPE
+            lam = lam * (target / frames / (bits / f)) ** (-1.0 / slope)
+        elif key:                          # near its cap a key group is not rate-limited: the default lambda
+            lam = DEFAULT_LAMBDA * min(target / cap, 1.0) ** (-1.0 / KEY_SLOPE)
+        else:
+            prior = RES_BITS_PER_PARAM * self.cfg.params() * frames
+            lam = DEFAULT_LAMBDA * (target / prior) ** (-1.0 / RES_SLOPE)
+        return float(min(max(lam, LAMBDA_RANGE[0]), LAMBDA_RANGE[1]))
+
+    def record(self, key: bool, lam: float, coded: float, proxy: float, frames: float) -> None:
+        self.left -= coded
+        self.calib[key] = coded / max(proxy, 1.0)
+        self.last[key] = (lam, max(coded, 1.0), frames)
+        if key:
+            self.key_bits = coded
+
+
+class LambdaServo:
+    """Lambda inside one group's fit: after every step, log(lambda) moves by `gain` times the log-ratio of the
+    group's bits (the rate proxy, calibrated to the coder) to its target: an integral controller, damped by the
+    small gain, that sets lambda to what the target costs while the fit goes. Kept on the device (no host sync)."""
+
+    def __init__(self, lam: float, target_bits: float, calib: float, gain: float, device):
+        self.log_lam = torch.tensor(math.log(lam), device=device)
+        self.log_target = math.log(max(target_bits, 1.0) / calib)
+        self.gain = gain
+
+    def __call__(self, bits: torch.Tensor) -> torch.Tensor:
+        lam = self.log_lam.exp()
+        with torch.no_grad():
+            err = torch.log(bits.detach().clamp_min(1.0)) - self.log_target
+            self.log_lam.add_(self.gain * err).clamp_(math.log(LAMBDA_RANGE[0]), math.log(LAMBDA_RANGE[1]))
+        return lam
+
+    @property
+    def value(self) -> float:
+        return float(self.log_lam.exp())
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the codec
 
 
-def make_writer(cfg: NirvanaConfig, fps: Fraction, steps: np.ndarray, groups: list[bytes]) -> Writer:
-    w = Writer(NirvanaCodec.name, VERSION, video_header(cfg.width, cfg.height, cfg.frames, fps))
+def make_writer(cfg: NirvanaConfig, fps: Fraction, steps: np.ndarray, groups: list[bytes], clip=None) -> Writer:
+    """The file (`clip`: the source, whose fields the header records: codec.base.source_fields)."""
+    w = Writer(NirvanaCodec.name, VERSION, video_header(cfg.width, cfg.height, cfg.frames, fps, clip))
     w.add_section("config", json.dumps({"model": cfg.to_dict()}, separators=(",", ":")).encode())
     sw = ByteWriter()
     sw.array(np.asarray(steps, np.float32))
     w.add_section("steps", sw.getvalue())
     for k, payload in enumerate(groups):
         w.add_section(f"group/{k}", payload)
+    w.add_digests()              # a damaged group that a recomputed CRC hides is still refused
     return w
 
 
@@ -450,7 +564,12 @@ class NirvanaCodec(VideoCodec):
         seed = options.seed
         base = NirvanaConfig(H, Wd, T, group=options.group, patch=options.patch or default_patch(H, Wd),
                              key_every=options.key_every)
-        cfg = config_for_size(base, size if size is not None else default_size(H, Wd, options.group))
+        size = size if size is not None else default_size(H, Wd, options.group)
+        # the file must decode within --max-memory (its own check below decodes it): refused before fitting
+        limits = self.DecodeOptions(device=str(device), max_memory=options.max_memory)
+        chunk = decode_chunk_groups(device)
+        check_size(self.name, size, limits, lambda s: config_for_size(base, s).bounds(0, chunk))
+        cfg = config_for_size(base, size)
         cfg.validate(UserError)
 
         gen = seed_everything(seed)
@@ -462,7 +581,13 @@ class NirvanaCodec(VideoCodec):
         latents = [t / s for t, s in zip(init, steps)]
         prev_q: list[np.ndarray] | None = None
         payloads, group_bits, lams, fit_seconds, fit_psnr, fit_steps = [], [], [], 0.0, [], []
-        spent_bits, overhead_bits = 0.0, 8.0 * 600          # container, config and steps, roughly
+        compile_seconds = 0.0
+        plan, targets = None, []
+        if target_bpp is not None:
+            # the budget of the group sections: all but the file's other bytes (header, config, steps, table)
+            empty = make_writer(cfg, clip.fps, steps.numpy().astype(np.float32), [b""] * n_groups, clip)
+            other_bits = 8 * (len(empty.to_bytes()) + 4 * n_groups)     # + the sections' longer length fields
+            plan = RatePlan(cfg, target_bpp * T * H * Wd - other_bits)
         for k in range(n_groups):
             a, b = cfg.group_frames(k)
             key = cfg.is_key(k)
@@ -474,8 +599,21 @@ class NirvanaCodec(VideoCodec):
                            else torch.ones(len(latents)))
             model = GroupModel(cfg, latents, steps, rate_scales, ref, group_lr, learn_steps=(k == 0)).to(device)
 
-            def loss(out, target, model=model, pixels=pixels, lam=lam):
-                return F.mse_loss(out, target) + lam * model.rate_bits() / pixels
+            servo = None
+            if plan is not None:
+                frames_k = (b - a) / cfg.group
+                # a key group's cap: its starting integers coded from zero (at moderate rates it stays near them)
+                cap = (8.0 * len(encode_group(GroupModel.round(latents), rate_scales.numpy())) if key
+                       else math.inf)
+                targets.append(plan.target(k, cap))
+                servo = LambdaServo(plan.start_lambda(key, targets[-1], cap, frames_k), targets[-1],
+                                    plan.calib[key], SERVO_GAIN, device)
+
+            def loss(out, target, model=model, pixels=pixels, lam=lam, servo=servo):
+                if servo is None:
+                    return F.mse_loss(out, target) + lam * model.rate_bits() / pixels
+                bits = model.rate_bits()
+                return F.mse_loss(out, target) + servo(bits) * bits / pixels
 
             share = weights[k] / sum(weights)
             # no checkpoint: each group is a short fit of its own, and a group's file section is its result
@@ -487,6 +625,7 @@ class NirvanaCodec(VideoCodec):
                              show_bar=job.show_bar)
             res = fit(model, data[a:b], fcfg)
             fit_seconds += res.seconds
+            compile_seconds += res.compile_seconds
             fit_psnr.append(res.psnr)
             fit_steps.append(res.steps)
             q = model.integers()
@@ -494,34 +633,39 @@ class NirvanaCodec(VideoCodec):
             payload = encode_group(symbols, model.rate_scales().detach().cpu().numpy())
             payloads.append(payload)
             group_bits.append(8 * len(payload))
-            lams.append(lam)
+            if servo is not None:
+                with torch.no_grad():
+                    proxy = float(model.rate_bits())
+                plan.record(key, servo.value, group_bits[-1], proxy, frames_k)
+            lams.append(lam if servo is None else servo.value)
             if k == 0:
                 steps = model.steps().detach().float().cpu()      # learned in the first group, fixed after
             latents = [t.detach().cpu() for t in model.latents]
             prev_q = q
-            if target_bpp is not None:
-                # rate control: compare the bits spent with the budget so far, move lambda towards it
-                spent_bits += group_bits[-1]
-                budget = target_bpp * b * H * Wd - overhead_bits
-                ratio = spent_bits / max(budget, 1.0)
-                lam = float(min(max(lam * ratio ** 2, lam / 4), lam * 4)) if lam > 0 else DEFAULT_LAMBDA * ratio
-        writer = make_writer(cfg, clip.fps, steps.numpy().astype(np.float32), payloads)
+        with phase(f"{self.name} write", job.show_bar):
+            writer = make_writer(cfg, clip.fps, steps.numpy().astype(np.float32), payloads, clip)
+            data_bytes = writer.to_bytes()
 
-        measured = self.measure(writer.to_bytes(), clip.frames, device)
+        measured = self.measure(data_bytes, clip.frames, device, show_bar=job.show_bar,
+                                max_memory=options.max_memory)
         per_frame = measured.pop("per_frame_psnr")
         group_psnr = [float(np.mean(per_frame[a:b])) for a, b in (cfg.group_frames(k) for k in range(n_groups))]
         return Encoded(writer, {
             **measured,
-            "fit_seconds": round(fit_seconds, 2), "device": device_name(device),
-            "params": cfg.params(), "groups": n_groups, "group": cfg.group, "patch": cfg.patch,
-            "hidden": cfg.hidden, "channels": cfg.channels, "key_every": cfg.key_every,
+            "fit_seconds": round(fit_seconds, 2), "compile_seconds": round(compile_seconds, 2),
+            "device": device_name(device), "params": cfg.params(), "groups": n_groups, "group": cfg.group,
+            "patch": cfg.patch, "hidden": cfg.hidden, "channels": cfg.channels, "key_every": cfg.key_every,
             "lambda": lams[0] if lams else lam,
             "frames": T, "height": H, "width": Wd,
             "group_bits": group_bits, "group_psnr": [round(p, 3) for p in group_psnr],
             "group_lambda": lams, "group_fit_psnr": [round(p, 3) for p in fit_psnr], "group_steps": fit_steps,
+            **({"group_target_bits": [round(t) for t in targets]} if plan is not None else {}),
         })
 
     # -- decode
+
+    def bounds(self, reader: Reader, options) -> Bounds:
+        return read_config(reader).bounds(reader.file_size, decode_chunk_groups(pick_device(options.device)))
 
     def load(self, reader: Reader, options) -> LoadedFile:
         return LoadedFile(reader, pick_device(options.device))
@@ -549,9 +693,12 @@ class NirvanaCodec(VideoCodec):
             summary["groups_read"] = sorted(set(decoded.sections_read))
         return summary
 
-    def info(self, reader: Reader) -> dict[str, Any]:
+    def info(self, reader: Reader, options=None) -> dict[str, Any]:
+        options = self.DecodeOptions(device="cpu", max_memory=getattr(options, "max_memory", None))
         try:
-            loaded = self.open(reader, self.DecodeOptions(device="cpu"))
+            self.check(reader)
+            self.check_bounds(reader, options, decode=False)
+            loaded = self.load(reader, options)
         except BitstreamError as e:
             return {"model": f"unreadable ({e})"}
         c = loaded.cfg

@@ -15,7 +15,7 @@ class VideoOptions(EncodeOptions):
     """What every video codec reads from its input."""
 
     max_frames: int | None = option(None, "Use only the first N frames.", metavar="N")
-    crop: str | None = option(None, "Centre crop HEIGHTxWIDTH (the papers' order), e.g. 640x1280.", metavar="HxW")
+    crop: str | None = option(None, "Centre crop to height x width (the papers' order, not FFmpeg's WxH), e.g. 720x1280 for a 1280x720 video.", metavar="HxW")
 
     def check(self) -> None:
         super().check()
@@ -52,8 +52,8 @@ class INROptions(FitOptions):
     epochs: int | None = option(None, "Training epochs (default 300 when --max-time is not given).")
     bpp: float | None = option(None, "Target bits per pixel: the largest model whose file lands at or under it.")
     resume: bool = option(False, "Continue from the checkpoint beside the output.")
-    batch_size: int | None = option(None, "Frames per fitting step (default: the paper's, NeRV 1, HNeRV 2).")
-    lr: float | None = option(None, "Peak learning rate (default: the paper's, NeRV 5e-4, HNeRV 1e-3).")
+    batch_size: int | None = option(None, "Frames per fitting step (default: the recipe's; NeRV 1).")
+    lr: float | None = option(None, "Peak learning rate (default: the recipe's; NeRV 5e-4).")
     weight_bits: int = option(8, "Bits per weight.")
     prune: float = option(0.0, "Share of stem/block weights to prune by magnitude, e.g. 0.2.")
     qat_epochs: int = option(0, "Epochs of quantisation-aware fine-tuning after the fit.")
@@ -75,13 +75,20 @@ class NeRVOptions(INROptions):
     pass
 
 
+HNERV_RECIPES = ("ncodec", "hnerv-paper")     # codec/video/inr_codec.py HNeRVFamily.recipes (docs/INR.md)
+
+
 @dataclass
 class HNeRVOptions(INROptions):
     embed_bits: int = option(6, "Bits per embedding value.")
+    recipe: str = option("ncodec", "How the network is fitted: ncodec (lr 5e-3, 1 frame per step, HNeRV's encoder "
+                                   "init) or hnerv-paper (the paper's: lr 1e-3, 2 frames per step). Files decode "
+                                   "the same either way.", metavar="NAME")
 
     def check(self) -> None:
         super().check()
         in_range("--embed-bits", self.embed_bits, 2, 16)
+        one_of("--recipe", self.recipe, HNERV_RECIPES)
 
 
 @dataclass

@@ -37,8 +37,9 @@ from bitstream.atomic import write_atomic
 from bitstream.container import MAX_COUNT, Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
-from codec.base import DecodedVideo, Encoded, Job, VideoCodec, read_clips, video_header
-from codec.device import device_name, pick_device, seed_everything
+from codec.base import (Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_source, phase, read_clips,
+                        source_fields, video_header)
+from codec.device import device_name, pick_device, precision_label, seed_everything
 from codec.errors import UserError
 from codec.fit import FitConfig, fit
 from codec.quant import QuantizedTensor, quantize
@@ -89,6 +90,15 @@ class PFNRConfig(UpsamplingConfig):
 
     def widths(self) -> list[int]:
         return halving_widths(self.fc_dim, len(self.strides), self.reduce, self.lower_width)
+
+    def frame_activations(self) -> int:
+        """Peak activation values of one frame: the stem, then per block its input and spectrum (the Fourier
+        block) and the conv or spectrum, shuffle or inverse FFT and activation outputs; plus the Fourier block's
+        complex weights and their products, built on every call."""
+        c_in, c_out = [self.fc_dim, *self.widths()][self.fourier_block: self.fourier_block + 2]
+        spectral = 6 * 2 * c_in * c_out * self.modes_h * self.modes_w
+        return spectral + self.peak_activations(2 * self.fc_dim * self.grid_h * self.grid_w,
+                                                lambda c_in, c, a_in, a_out: 2 * c_in * a_in + 3 * c * a_out)
 
     def block_input_size(self, i: int) -> tuple[int, int]:
         f = math.prod(self.strides[:i])
@@ -316,6 +326,7 @@ class Library:
     masks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     payloads: list[dict[str, bytes]] = field(default_factory=list)
     added: list[int] = field(default_factory=list)      # weights each session added to the supernet
+    source: dict = field(default_factory=dict)           # the header's source fields all its videos share
 
     @classmethod
     def create(cls, cfg: PFNRConfig, density: float, weight_bits: int, recipe: dict) -> "Library":
@@ -324,17 +335,7 @@ class Library:
 
     @classmethod
     def _from_config(cls, payload: bytes) -> "Library":
-        if len(payload) > MAX_CONFIG_BYTES:
-            raise BitstreamError("config section is too large")
-        try:
-            conf = json.loads(payload.decode("utf-8"))
-            model, density, bits, recipe = conf["model"], conf["density"], conf["weight_bits"], conf["recipe"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise BitstreamError("config section is not a valid PFNR config") from None
-        if not (isinstance(model, dict) and isinstance(recipe, dict) and isinstance(density, float)
-                and 0 < density <= 1 and isinstance(bits, int) and 2 <= bits <= 16):
-            raise BitstreamError("config section is not a valid PFNR config")
-        cfg = PFNRConfig.from_dict(model)
+        cfg, density, bits, recipe = parse_config(payload)
         lay = layout(cfg)
         values = {n: torch.zeros(s) for n, s in lay}
         used = {n: torch.zeros(s, dtype=torch.bool) for n, s in lay}
@@ -349,6 +350,7 @@ class Library:
             raise BitstreamError("header and config section disagree on the frame size")
         for k in range(1, (n if upto is None else upto) + 1):
             lib.add({kind: reader.payload(f"s{k}/{kind}") for kind in KINDS})
+        lib.source = source_fields([], reader.header)
         return lib
 
     @property
@@ -387,13 +389,40 @@ class Library:
     def writer(self) -> Writer:
         """The whole library as a file (the header's frame rate is video 1's)."""
         header = video_header(self.cfg.width, self.cfg.height, sum(m.frames for m in self.metas), self.metas[0].fps,
-                              videos=self.num_videos)
+                              videos=self.num_videos, **self.source)
         writer = Writer(PFNRCodec.name, VERSION, header)
         writer.add_section("config", self.config_payload)
         for k, payloads in enumerate(self.payloads, 1):
             for kind in KINDS:
                 writer.add_section(f"s{k}/{kind}", payloads[kind])
+        writer.add_digests()         # damage that a recomputed CRC hides is still refused
         return writer
+
+
+def parse_config(payload: bytes) -> tuple[PFNRConfig, float, int, dict]:
+    """(supernet config, density, weight bits, recipe) of a config section, checked; nothing allocated."""
+    if len(payload) > MAX_CONFIG_BYTES:
+        raise BitstreamError("config section is too large")
+    try:
+        conf = json.loads(payload.decode("utf-8"))
+        model, density, bits, recipe = conf["model"], conf["density"], conf["weight_bits"], conf["recipe"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BitstreamError("config section is not a valid PFNR config") from None
+    if not (isinstance(model, dict) and isinstance(recipe, dict) and isinstance(density, float)
+            and 0 < density <= 1 and isinstance(bits, int) and 2 <= bits <= 16):
+        raise BitstreamError("config section is not a valid PFNR config")
+    return PFNRConfig.from_dict(model), density, bits, recipe
+
+
+def library_bounds(cfg: PFNRConfig, videos: int, video: int, batch: int, file_bytes: int = 0) -> Bounds:
+    """What opening a library of `videos` videos (ncodec info folds in every session) and decoding video `video`
+    cost, from the config alone: per supernet weight its stored value (float32), the union of masks and each
+    session's mask (bytes), a session's decoding buffers (its mask, new weights and their float copies), and the
+    video's network (module and state, float32); plus a decode batch of activations."""
+    p = body_params(cfg)
+    open_bytes = file_bytes + p * (5 + videos + 6)
+    decode_bytes = file_bytes + p * (5 + video + 6 + 8)
+    return Bounds(p, open_bytes, decode_bytes, batch * 4 * cfg.frame_activations())
 
 
 # -- masks and new weights <-> bytes
@@ -483,22 +512,23 @@ def fit_session(lib: Library, frames: np.ndarray, name: str, fps: Fraction, devi
                     show_bar=job.show_bar)
     result = fit(model, frames, cfg)
 
-    latent, masks = {}, {}
-    with torch.no_grad():
-        for tensor, _ in layout(lib.cfg):
-            owner = model.get_submodule(f"body.{tensor}".rpartition(".")[0])
-            param = owner.parametrizations[tensor.rpartition(".")[2]]
-            latent[tensor] = param.original.detach().cpu()
-            masks[tensor] = param[0].mask().detach().cpu().bool()
-    new = {n: masks[n] & ~lib.used[n] for n in masks}
-    head_payload, _ = W.encode_state({n: v.detach().cpu() for n, v in model.head.state_dict().items()},
-                                     lib.weight_bits)
-    meta = SessionMeta(int(frames.shape[0]), fps, name[-MAX_NAME:])
-    payloads = {"meta": meta.to_bytes(), "mask": encode_masks(masks, lib.used),
-                "weights": encode_new_weights(latent, new, lib.weight_bits), "head": head_payload}
-    added = sum(int(v.sum()) for v in new.values())
-    reused = sum(int((masks[n] & lib.used[n]).sum()) for n in masks)
-    lib.add(payloads)
+    with phase(f"pfnr video {k}: quantise and code", job.show_bar):
+        latent, masks = {}, {}
+        with torch.no_grad():
+            for tensor, _ in layout(lib.cfg):
+                owner = model.get_submodule(f"body.{tensor}".rpartition(".")[0])
+                param = owner.parametrizations[tensor.rpartition(".")[2]]
+                latent[tensor] = param.original.detach().cpu()
+                masks[tensor] = param[0].mask().detach().cpu().bool()
+        new = {n: masks[n] & ~lib.used[n] for n in masks}
+        head_payload, _ = W.encode_state({n: v.detach().cpu() for n, v in model.head.state_dict().items()},
+                                         lib.weight_bits)
+        meta = SessionMeta(int(frames.shape[0]), fps, name[-MAX_NAME:])
+        payloads = {"meta": meta.to_bytes(), "mask": encode_masks(masks, lib.used),
+                    "weights": encode_new_weights(latent, new, lib.weight_bits), "head": head_payload}
+        added = sum(int(v.sum()) for v in new.values())
+        reused = sum(int((masks[n] & lib.used[n]).sum()) for n in masks)
+        lib.add(payloads)
     return {"fit_seconds": round(result.seconds, 2), "epochs": round(result.epochs, 2), "steps": result.steps,
             "stopped_by": result.stopped_by, "psnr_fit": result.psnr, "new_weights": added,
             "reused_weights": reused}
@@ -574,6 +604,12 @@ class PFNRCodec(VideoCodec):
             size = default_size(np.mean([c.num_frames for c in clips]) * h * w, density, bits)
         recipe = {"lr": float(options.lr or DEFAULT_LR), "betas": [0.5, 0.999], "warmup": 0.2, "loss": "l1_ssim",
                   "batch_size": options.batch_size}
+        # the library must decode within --max-memory (its own check below decodes it): refused before fitting
+        device = pick_device(options.device)
+        limits = self.DecodeOptions(device=str(device), max_memory=options.max_memory)
+        batch = decode_batch_size(device)
+        check_size(self.name, size, limits, lambda s: library_bounds(pfnr_config(h, w, s), len(clips), len(clips),
+                                                                    batch))
         lib = Library.create(pfnr_config(h, w, size), density, bits, recipe)
         return self._add(lib, clips, options, job)
 
@@ -588,6 +624,7 @@ class PFNRCodec(VideoCodec):
         if reader.codec != self.name:
             raise UserError(f"{path} is a {reader.codec!r} file: only pfnr libraries can be appended to")
         self.check(reader)
+        self.check_bounds(reader, self.DecodeOptions(device="cpu", max_memory=options.max_memory), decode=False)
         try:
             lib = Library.read(reader)
         except BitstreamError as e:
@@ -611,14 +648,19 @@ class PFNRCodec(VideoCodec):
             epochs = DEFAULT_EPOCHS
         per_video_time = None if max_time is None else max_time / len(clips)
         first_new = lib.num_videos + 1
+        # the header keeps what every video, the earlier ones included, says of its source (chroma, crop)
+        lib.source = source_fields(clips, lib.source if lib.num_videos else None)
         fits = [fit_session(lib, c.frames, os.path.basename(str(c.source).rstrip("/")), c.fps, device, options.seed,
                             epochs, per_video_time, job) for c in clips]
-        writer = lib.writer()
-        data = writer.to_bytes()
+        with phase(f"{self.name} write", job.show_bar):
+            writer = lib.writer()
+            data = writer.to_bytes()
         videos = []
         for k, (clip, f) in enumerate(zip(clips, fits), first_new):
-            m = self.measure(data, clip.frames, device, video=k)
+            m = self.measure(data, clip.frames, device, show_bar=job.show_bar, video=k,
+                             max_memory=options.max_memory)
             videos.append({"video": k, "name": lib.metas[k - 1].name, "frames": clip.num_frames, "psnr": m["psnr"],
+                           "psnr_y": m["psnr_y"], "psnr_yuv": m["psnr_yuv"],
                            "ms_ssim": m["ms_ssim"], "bytes_added": lib.session_bytes(k),
                            "decode_fps": m["decode_fps"], "sha256": m["sha256"], **f})
         h, w = lib.cfg.height, lib.cfg.width
@@ -626,6 +668,7 @@ class PFNRCodec(VideoCodec):
         summary: dict[str, Any] = {
             "bytes": len(data), "videos_in_library": lib.num_videos,
             "bpp": len(data) * 8 / (total_frames * h * w), "psnr": float(np.mean([v["psnr"] for v in videos])),
+            "psnr_holds_for": precision_label(device, self.decode_dtype(device)),
             "fit_seconds": round(sum(f["fit_seconds"] for f in fits), 2), "device": device_name(device),
             "supernet_params": body_params(lib.cfg), "density": lib.density, "weight_bits": lib.weight_bits,
             "height": h, "width": w,
@@ -634,6 +677,13 @@ class PFNRCodec(VideoCodec):
         return Encoded(writer, summary)
 
     # -- decode and info
+
+    def bounds(self, reader: Reader, options) -> Bounds:
+        cfg = parse_config(reader.payload("config"))[0]
+        n = reader.header["videos"]
+        video = getattr(options, "video", None) or 1
+        batch = getattr(options, "batch_size", None) or decode_batch_size(pick_device(options.device))
+        return library_bounds(cfg, n, min(max(video, 1), n), batch, reader.file_size)
 
     def load(self, reader: Reader, options: PFNRDecodeOptions) -> LibraryVideo:
         n = reader.header["videos"]
@@ -646,6 +696,26 @@ class PFNRCodec(VideoCodec):
             raise UserError(f"--video {k}: this library holds videos 1..{n}")
         return LibraryVideo(Library.read(reader, upto=k), k, pick_device(options.device))
 
+    def stored(self, reader: Reader, video: int | None = None) -> dict[str, Any]:
+        """Video `video` of the library for `ncodec eval`: its frames, and as its bytes those of its own sections
+        (sK/*, what `ncodec info` lists as bytes_added); the config and the container are the library's, counted in
+        library_bytes."""
+        self.check(reader)
+        n = reader.header["videos"]
+        if video is None:
+            if n != 1:
+                raise UserError(f"this library holds {n} videos: choose one with --video K (1..{n})")
+            video = 1
+        if not 1 <= video <= n:
+            raise UserError(f"--video {video}: this library holds videos 1..{n}")
+        meta = SessionMeta.from_bytes(reader.payload(f"s{video}/meta"), f"section 's{video}/meta'")
+        h = reader.header
+        chroma, source_size = header_source(h)
+        return {"video": video, "frames": meta.frames, "height": int(h["height"]), "width": int(h["width"]),
+                "bytes": sum(reader.section(f"s{video}/{kind}").length for kind in KINDS),
+                "library_bytes": reader.file_size, "library_frames": int(h["frames"]),
+                "chroma": chroma, "source_size": source_size}
+
     def render(self, decoded: LibraryVideo, start: int, stop: int, batch_size: int | None
                ) -> Iterator[torch.Tensor]:
         bs = batch_size or decode_batch_size(decoded.device)
@@ -655,9 +725,11 @@ class PFNRCodec(VideoCodec):
     def save(self, decoded: LibraryVideo, output: str | None, options: PFNRDecodeOptions) -> dict[str, Any]:
         return {"video": decoded.video, "name": decoded.name, **super().save(decoded, output, options)}
 
-    def info(self, reader: Reader) -> dict[str, Any]:
+    def info(self, reader: Reader, options=None) -> dict[str, Any]:
+        options = self.DecodeOptions(device="cpu", max_memory=getattr(options, "max_memory", None))
         try:
             self.check(reader)
+            self.check_bounds(reader, options, decode=False)
             lib = Library._from_config(reader.payload("config"))
         except BitstreamError as e:
             return {"model": f"unreadable ({e})"}

@@ -18,6 +18,7 @@ from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
 
 INDEX = "segments"
+SOURCE_FIELDS = ("chroma", "source_height", "source_width")
 PREFIX = "segment/"
 
 
@@ -25,14 +26,18 @@ def write_segmented(path, codec, width: int, height: int, fps: Fraction, segment
     """The segmented file from its segments' files (each one the codec's complete file)."""
     from codec.base import video_header
 
-    counts = []
+    counts, headers = [], []
     for k, data in enumerate(parts):
         r = Reader.from_bytes(data)
         if r.codec != codec.name or r.header.get("width") != width or r.header.get("height") != height:
             raise ValueError(f"segment {k} is not a {width}x{height} {codec.name} file")
         counts.append(int(r.header["frames"]))
+        headers.append(r.header)
+    # what the source was (chroma, size before a crop): kept where every segment says the same
+    source = {k: headers[0][k] for k in SOURCE_FIELDS if k in headers[0] and all(h.get(k) == headers[0][k]
+                                                                                 for h in headers)}
     w = Writer(codec.name, codec.version, video_header(width, height, sum(counts), fps, segment_frames=segment,
-                                                       segments=len(parts)))
+                                                       segments=len(parts), **source))
     index = ByteWriter()
     index.varint(len(parts))
     for n in counts:

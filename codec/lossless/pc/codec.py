@@ -2,13 +2,16 @@
 
 File layout (.ncb, kind "images"):
     header   count, height, width, channels; model_sha256 (32 bytes, the .pcm file's hash);
-             batch (images coded together; the decoder mirrors it); squeeze (1: .npy output is N x H x W)
+             batch (images coded together; the decoder mirrors it); squeeze (1: .npy output is N x H x W);
+             pixels_sha256 (32 bytes, the SHA-256 of the images as uint8 [N, H, W, C]; files before it have none):
+             a decode that gives other pixels is refused, never returned
     pixels   the range coder's words: batch after batch, pixel by pixel in the tree's pre-order, all images
              of a batch at each step
     names    optional: the PNG file names, restored when decoding to a folder
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -20,11 +23,11 @@ import numpy as np
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
-from codec.base import Codec, Encoded, Job
+from codec.base import Bounds, Codec, Encoded, Job
 from codec.errors import UserError
 from codec.lossless.pc import coding
 from codec.lossless.pc.images import ImageSet, images_from_array, read_images, write_images
-from codec.lossless.pc.model_file import PCModel, load_model
+from codec.lossless.pc.model_file import PCModel, load_model, peek
 from codec.lossless.pc.options import DEFAULT_BATCH, MAX_BATCH, PCDecodeOptions, PCOptions
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.png", re.IGNORECASE)
@@ -67,6 +70,31 @@ class DecodedImages:
     seconds: float
 
 
+def pixels_digest(pixels: np.ndarray) -> bytes:
+    """SHA-256 of images as uint8 [N, H, W, C] in C order: what the header's pixels_sha256 holds."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8)).digest()
+
+
+def _header(reader: Reader) -> tuple[int, int, bytes | None]:
+    """(count, batch, pixels_sha256 or None) after checking the header fields the decoder needs."""
+    hdr = reader.header
+    sha = hdr.get("model_sha256")
+    if not isinstance(sha, bytes) or len(sha) != 32:
+        raise BitstreamError("header: model_sha256 is missing or not 32 bytes")
+    batch = hdr.get("batch")
+    if type(batch) is not int or not 1 <= batch <= MAX_BATCH:
+        raise BitstreamError(f"header: batch {batch!r} is not in [1, {MAX_BATCH}]")
+    if hdr.get("squeeze") not in (0, 1):
+        raise BitstreamError("header: squeeze must be 0 or 1")
+    n = hdr.get("count")
+    if type(n) is not int or n < 1:
+        raise BitstreamError(f"header: count {n!r} is not a positive integer")
+    digest = hdr.get("pixels_sha256")
+    if digest is not None and (not isinstance(digest, bytes) or len(digest) != 32):
+        raise BitstreamError("header: pixels_sha256 is not 32 bytes")
+    return n, batch, digest
+
+
 class PCCodec(Codec):
     name = "pc"
     version = coding.VERSION          # the coder's message arithmetic (coding.py)
@@ -101,7 +129,7 @@ class PCCodec(Codec):
         h, w, c = model.shape
         header = {"kind": self.kind, "count": n, "height": h, "width": w, "channels": c,
                   "model_sha256": bytes.fromhex(model.sha256), "batch": options.pc_batch,
-                  "squeeze": int(images.squeeze)}
+                  "squeeze": int(images.squeeze), "pixels_sha256": pixels_digest(images.pixels)}
         writer = Writer(self.name, self.version, header)
         writer.add_section("pixels", data)
         if images.names is not None and all(_NAME_RE.fullmatch(x) for x in images.names):
@@ -118,19 +146,33 @@ class PCCodec(Codec):
             "model_sha256": model.sha256, "device": str(device), "seconds": seconds,
             "images_per_s": n / max(seconds, 1e-9)})
 
+    def bounds(self, reader: Reader, options: PCDecodeOptions) -> Bounds:
+        """From the header and the model file's shapes and tree (its tables are not loaded): the model file read
+        and parsed, its integer tables (float64, transposed copies, and the quantiser's buffers), the coder's open
+        messages (two [batch, M] float64 per tree level) and per-pixel tables, and the decoded images. The pixels
+        section must be able to hold the images the header declares."""
+        n, batch, _ = _header(reader)
+        shape = peek(options.model)
+        d, m = shape.variables, shape.latents
+        values = d * m * (m + 256)
+        payload = reader.section("pixels").length
+        # Even a certain symbol costs -log2(1 - 255 * 2^-24) bits under the coder's 24-bit probabilities, so
+        # the payload bounds how many pixels the header may honestly claim (before allocating for them).
+        least = n * d * -math.log2(1 - 255 * 2.0**-24)
+        if payload * 8 + 64 < least:
+            raise BitstreamError(f"section 'pixels': {payload} bytes cannot hold {n} images")
+        b = min(batch, n)
+        need = (3 * shape.file_bytes + 20 * values + 24 * d * m * max(m, 256) + 16 * (shape.depth + 2) * b * m
+                + 48 * b * 256 + n * d + payload)
+        return Bounds(values + m, 0, need)
+
     def load(self, reader: Reader, options: PCDecodeOptions) -> DecodedImages:
         from codec.device import pick_device
         from codec.progress import progress
 
         hdr = reader.header
-        sha = hdr.get("model_sha256")
-        if not isinstance(sha, bytes) or len(sha) != 32:
-            raise BitstreamError("header: model_sha256 is missing or not 32 bytes")
-        batch = hdr.get("batch")
-        if type(batch) is not int or not 1 <= batch <= MAX_BATCH:
-            raise BitstreamError(f"header: batch {batch!r} is not in [1, {MAX_BATCH}]")
-        if hdr.get("squeeze") not in (0, 1):
-            raise BitstreamError("header: squeeze must be 0 or 1")
+        n, batch, digest = _header(reader)
+        sha = hdr["model_sha256"]
         model = load_model(options.model)
         if model.sha256 != sha.hex():
             raise UserError(f"{options.model} (sha256 {model.sha256[:16]}...) is not the model this file was "
@@ -138,20 +180,15 @@ class PCCodec(Codec):
         shape = (hdr.get("height"), hdr.get("width"), hdr.get("channels"))
         if shape != model.shape:
             raise BitstreamError("header: image shape {}x{}x{} differs from its model's".format(*shape))
-        n = hdr.get("count")
-        if type(n) is not int or n < 1:
-            raise BitstreamError(f"header: count {n!r} is not a positive integer")
         names = self._names(reader, n)
         payload = reader.payload("pixels")
-        # Even a certain symbol costs -log2(1 - 255 * 2^-24) bits under the coder's 24-bit probabilities, so
-        # the payload bounds how many pixels the header may honestly claim (before allocating for them).
-        least = n * model.parent.size * -math.log2(1 - 255 * 2.0**-24)
-        if len(payload) * 8 + 64 < least:
-            raise BitstreamError(f"section 'pixels': {len(payload)} bytes cannot hold {n} images")
         device = pick_device(options.device)
         t0 = time.perf_counter()
         with progress(total=n, desc="pc decode", unit="img") as bar:
             pixels = decode_array(model, payload, n, device, batch, on_batch=bar.update, version=reader.codec_version)
+        if digest is not None and pixels_digest(pixels) != digest:
+            raise BitstreamError("section 'pixels' decodes to images whose SHA-256 differs from the header's "
+                                 "pixels_sha256: the file is damaged")
         return DecodedImages(pixels, names, bool(hdr["squeeze"]), str(device), time.perf_counter() - t0)
 
     def array(self, decoded: DecodedImages, options: PCDecodeOptions) -> np.ndarray:
@@ -185,7 +222,7 @@ class PCCodec(Codec):
             raise BitstreamError("section 'names': file names must be unique plain names ending in .png")
         return names
 
-    def info(self, reader: Reader) -> dict[str, Any]:
+    def info(self, reader: Reader, options=None) -> dict[str, Any]:
         hdr = reader.header
         dims = 1
         for key in ("count", "height", "width", "channels"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitstream.atomic import atomic_output, write_atomic
+from bitstream.atomic import PNGS, atomic_output, write_atomic
 from codec.errors import UserError
 
 MAX_IMAGES = 10**7
@@ -128,8 +128,10 @@ def read_images(paths: list[str] | str) -> ImageSet:
     return ImageSet(pixels, names, all(s for _, _, s in parts))
 
 
-def write_images(path: str, pixels: np.ndarray, names: list[str] | None = None, squeeze: bool = True) -> str:
+def write_images(path: str, pixels: np.ndarray, names: list[str] | None = None, squeeze: bool = True,
+                 overwrite: bool = True) -> str:
     """Write [N, H, W, C] uint8 to `path`: an .npy file (N x H x W when squeeze and C == 1) or a folder of PNGs.
+    `overwrite`: replace an existing file, or a folder of .png files only (bitstream.atomic's rule).
     Returns what was written ("npy" or "png")."""
     from PIL import Image
 
@@ -137,16 +139,14 @@ def write_images(path: str, pixels: np.ndarray, names: list[str] | None = None, 
         a = pixels[..., 0] if squeeze and pixels.shape[3] == 1 else pixels
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-        write_atomic(path, buf.getvalue())
+        write_atomic(path, buf.getvalue(), overwrite=overwrite)
         return "npy"
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"output {path} exists and is not a folder (name a folder, or an .npy file)")
     if names is None or len(names) != len(pixels):
         width = max(5, len(str(len(pixels) - 1)))
         names = [f"{i:0{width}d}.png" for i in range(len(pixels))]
     if pixels.shape[3] not in _MODE_OF:
         raise UserError(f"{pixels.shape[3]}-channel images cannot be PNGs: decode to an .npy file")
-    with atomic_output(path, directory=True) as tmp:
+    with atomic_output(path, directory=True, overwrite=overwrite, owned=PNGS) as tmp:
         for a, name in zip(pixels, names):
             img = a[..., 0] if a.shape[2] == 1 else a
             Image.fromarray(np.ascontiguousarray(img)).save(os.path.join(tmp, name), compress_level=1)

@@ -117,6 +117,9 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
         info = json.loads(meta.get("info", "{}"))
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{bad} (metadata incomplete)") from None
+    for name in ("root", "edge", "leaf"):     # the zoo stores probabilities in half precision (codec/zoo/convert.py)
+        if name in tensors and tensors[name].dtype == np.float16:
+            tensors[name] = tensors[name].astype(np.float32)
     need = {"parent": np.int64, "root": np.float32, "edge": np.float32, "leaf": np.float32}
     for name, dt in need.items():
         if name not in tensors or tensors[name].dtype != dt:
@@ -139,6 +142,9 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
 def load_model(path: str | os.PathLike) -> PCModel:
     if path is None:
         raise UserError("the pc codec needs --model MODEL.pcm (train one with `ncodec train pc`)")
+    from codec.zoo import resolve_model
+
+    path = resolve_model(path)                  # a path, or the name of a zoo model (`ncodec models`)
     if not os.path.isfile(path):
         raise UserError(f"model file {path} does not exist")
     if os.path.getsize(path) > MAX_FILE_BYTES:
@@ -146,3 +152,46 @@ def load_model(path: str | os.PathLike) -> PCModel:
     with open(path, "rb") as f:
         data = f.read()
     return from_bytes(data, what=f"model file {path}")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model file asks of a coder, read from its safetensors header and tree alone (the codec's bounds)."""
+    variables: int       # D
+    latents: int         # M
+    depth: int           # the tree's depth: the coder keeps a message open per level
+    file_bytes: int
+
+
+def peek(path: str | os.PathLike) -> ModelShape:
+    """A model file's sizes without loading its probability tables: the header's shapes and the parent array
+    (D int64 values), checked as from_bytes checks them."""
+    from safetensors import SafetensorError, safe_open
+
+    from codec.zoo import resolve_model
+
+    if path is None:
+        raise UserError("the pc codec needs --model MODEL.pcm (train one with `ncodec train pc`)")
+    path = resolve_model(path)
+    if not os.path.isfile(path):
+        raise UserError(f"model file {path} does not exist")
+    size = os.path.getsize(path)
+    bad = f"model file {path} is not an ncodec pc model file"
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"model file {path} is larger than 4 GiB: not a pc model")
+    try:
+        with safe_open(os.fspath(path), framework="np") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in ("parent", "root", "edge", "leaf")}
+            d = shapes["parent"][0] if len(shapes["parent"]) == 1 else 0
+            parent = f.get_tensor("parent") if 1 <= d <= MAX_VARS else None
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{bad} (format tag {meta.get('format')!r})")
+    m = shapes["root"][0] if len(shapes["root"]) == 1 else 0
+    if not (parent is not None and parent.dtype == np.int64 and 1 <= m <= MAX_LATENTS
+            and shapes["edge"] == (d, m, m) and shapes["leaf"] == (d, m, 256)):
+        raise UserError(f"{bad} (tensor shapes do not fit together)")
+    depth = int(hclt.depths(hclt.check_tree(parent)).max())
+    return ModelShape(d, m, depth, size)

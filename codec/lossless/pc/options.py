@@ -12,12 +12,14 @@ MAX_BATCH = 1 << 20
 
 def _need_model(model: str | None) -> None:
     if not model:
-        raise UserError("the pc codec needs --model MODEL.pcm (train one with `ncodec train pc`)")
+        raise UserError("the pc codec needs --model MODEL.pcm (train one with `ncodec train pc`) or a zoo model's "
+                        "name (`ncodec models`)")
 
 
 @dataclass
 class PCOptions(EncodeOptions):
-    model: str | None = option(None, "The circuit the images are coded with (MODEL.pcm, from `ncodec train pc`).")
+    model: str | None = option(None, "The circuit the images are coded with: a MODEL.pcm from `ncodec train pc`, "
+                                     "or a zoo model's name (`ncodec models`, e.g. mnist-pc).")
     pc_batch: int = option(DEFAULT_BATCH, "Images coded together (speed and memory; the size barely changes).")
 
     def check(self) -> None:
@@ -28,7 +30,7 @@ class PCOptions(EncodeOptions):
 
 @dataclass
 class PCDecodeOptions(Options):
-    model: str | None = option(None, "The circuit the file was coded with (MODEL.pcm).")
+    model: str | None = option(None, "The circuit the file was coded with (MODEL.pcm, or a zoo model's name).")
 
     def check(self) -> None:
         super().check()
