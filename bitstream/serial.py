@@ -1,7 +1,9 @@
 """Checked little-endian serialisation: every read is bounded before anything is allocated."""
 from __future__ import annotations
 
+import json
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -167,3 +169,18 @@ class ByteReader:
     def expect_end(self) -> None:
         if self.remaining():
             raise BitstreamError(f"{self.what}: {self.remaining()} unexpected trailing bytes")
+
+
+def read_json(data: bytes, what: str, max_bytes: int = 1 << 16) -> Any:
+    """A JSON section (a codec's config), as strict JSON: size-checked, UTF-8, no Infinity/NaN, no nesting deep
+    enough to exhaust the parser's recursion. Anything else is a BitstreamError naming `what`."""
+    if len(data) > max_bytes:
+        raise BitstreamError(f"{what} is too large ({len(data)} bytes, at most {max_bytes})")
+
+    def no_constant(name: str):
+        raise ValueError(name)
+
+    try:
+        return json.loads(bytes(data).decode("utf-8"), parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BitstreamError(f"{what} is not valid JSON") from None

@@ -6,6 +6,7 @@ from bitstream.errors import BitstreamError
 from codec.errors import UserError
 from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config
 from codec.video.layers import PositionalEncoding, choose_geometry, meta_count, parse_size
+from codec.video import nerv
 from codec.video.nerv import NeRV, nerv_config
 
 
@@ -33,6 +34,31 @@ def test_nerv_sizes_within_5_percent(size):
     for h, w, t in ((640, 1280, 132), (144, 176, 120)):
         cfg = nerv_config(h, w, t, target)
         assert abs(meta_count(lambda: NeRV(cfg)) - target) <= 0.05 * target
+
+
+@pytest.mark.parametrize("h, w, t, size", [
+    (160, 320, 32, 0.1e6),       # the reduced Bunny: the old rule gave fc_dim 2 behind a 595-wide stem
+    (144, 176, 120, 0.1e6),      # carphone: fc_dim 4 behind 512
+    (144, 176, 120, 65.5e3),     # --bpp 0.2 on carphone: fc_dim 1
+    (640, 1280, 132, 0.35e6),
+    (640, 1280, 132, 1.5e6),
+])
+def test_nerv_has_no_bottleneck_narrower_than_its_blocks(h, w, t, size):
+    cfg = nerv_config(h, w, t, size)
+    model = NeRV(cfg)
+    widths = cfg.widths()
+    assert cfg.fc_dim >= max(widths) and widths == sorted(widths, reverse=True)   # nothing widens after the stem
+    assert [b.conv.in_channels for b in model.blocks] == [cfg.fc_dim] + widths[:-1]
+    stem = sum(p.numel() for p in model.stem.parameters())
+    assert stem <= nerv.STEM_SHARE * size and cfg.stem_hidden <= nerv.PAPER_HIDDEN   # the blocks get the budget
+    assert abs(meta_count(lambda: NeRV(cfg)) - size) <= 0.05 * size
+
+
+def test_nerv_below_twelve_wide_blocks_keeps_them_equal():
+    cfg = nerv_config(144, 176, 30, 30.6e3)      # too small for 12-wide blocks: every block fc_dim wide
+    assert cfg.lower_width == cfg.fc_dim and set(cfg.widths()) == {cfg.fc_dim}
+    assert cfg.stem_hidden >= nerv.MIN_HIDDEN
+    assert abs(meta_count(lambda: NeRV(cfg)) - 30.6e3) <= 0.05 * 30.6e3
 
 
 def test_carphone_geometry_pads_and_crops():

@@ -148,10 +148,32 @@ def test_bad_frame_range(encoded, capsys, frames):
     assert code == 2 and "--frames" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bpp_target_steers_lambda(clip_path, tmp_path):
-    s = encode(clip_path, tmp_path / "b.ncb", steps_per_group=2, bpp=0.5)
-    lams = s["group_lambda"]
-    assert lams[0] == nirvana.DEFAULT_LAMBDA and lams[1] > lams[0]    # over budget after group 0: rate costs more
+def test_bpp_rate_control_lands_near_the_target(tmp_path):
+    # 16 frames of 48x64 in 4 groups, 30 steps a group: the key group holds about 60% of the bits and the first
+    # residual group starts from a prior lambda, leaving two groups of 30 steps to correct a miss. 20% is what
+    # this tiny case meets (1.00-1.13x the target over seeds 0-2); the 10% is measured on carphone and the
+    # reduced Bunny (docs/NIRVANA.md, "Rate control")
+    path = write_clip_file(tmp_path, 16, 48, 64)
+    s = encode_file(nirvana.NirvanaCodec(), path, tmp_path / "r.ncb",
+                    NirvanaOptions(device="cpu", size="3k", group=4, steps_per_group=30, bpp=1.0))
+    assert abs(s["bpp"] - 1.0) <= 0.2
+    targets = s["group_target_bits"]
+    assert len(targets) == 4 and targets[0] > 2 * max(targets[1:])     # the key group's larger share
+    assert len(set(s["group_lambda"])) == 4                            # lambda steered group by group
+
+
+def test_coded_bits_estimate_matches_the_coder():
+    """The rate controller's view of a group's bits: the coder's choice of Laplace or histogram, per tensor."""
+    rng = np.random.default_rng(0)
+    cases = [np.rint(rng.laplace(0, 1, 4000)), rng.integers(-127, 128, 4000),
+             np.concatenate([np.zeros(3000), rng.integers(-60, 61, 1000)])]
+    cfg = nirvana.NirvanaConfig(16, 16, 4, group=4, patch=16, hidden=8, channels=4)
+    for sym in cases:
+        sym = sym.astype(np.int32)
+        model = nirvana.GroupModel(cfg, [torch.zeros(1)], torch.ones(1), torch.ones(1), None, 1.0, False)
+        model.latents[0].data = torch.from_numpy(sym).float()
+        coded = 8 * len(nirvana.encode_group([sym], np.array([max(np.abs(sym).mean(), 0.02)])))
+        assert float(model.coded_bits()) == pytest.approx(coded, rel=0.03)
 
 
 def test_rate_proxy_matches_the_coder():

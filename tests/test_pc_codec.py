@@ -225,9 +225,9 @@ def test_pc_mix_refuses_single_models_and_bad_weights(work, tmp_path, capsys):
     assert not (tmp_path / "x.pcm").exists()
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 4])
 def test_stream_versions(work, tmp_path, version):
-    """pc streams record the coder's arithmetic version: 1 (older files) decodes with its own, 3 is refused."""
+    """pc streams record their version: 1 (older files) decodes with its own arithmetic, 4 is refused."""
     from bitstream.container import Writer
     from codec.lossless.pc.codec import encode_array
 
@@ -235,7 +235,7 @@ def test_stream_versions(work, tmp_path, version):
     model = model_file.load_model(d / "m.pcm")
     encode([str(d / "test.npy")], tmp_path / "t.ncb", d / "m.pcm")
     reader = Reader.from_path(tmp_path / "t.ncb")
-    assert reader.codec_version == 2
+    assert reader.codec_version == 3
     if version == 1:
         from bitstream.coder import RangeEncoder, TableModel
         from codec.lossless.pc import coding
@@ -254,5 +254,40 @@ def test_stream_versions(work, tmp_path, version):
         decode(old, tmp_path / "o.npy", d / "m.pcm")
         assert np.array_equal(np.load(tmp_path / "o.npy"), test)
     else:
-        with pytest.raises(BitstreamError, match="version 3 is not supported"):
+        with pytest.raises(BitstreamError, match="version 4 is not supported"):
             decode(old, tmp_path / "o.npy", d / "m.pcm")
+
+
+def test_a_current_file_without_its_digest_is_refused(work, tmp_path):
+    """Version 3 requires pixels_sha256: dropping it does not downgrade the file to the unchecked legacy path."""
+    from bitstream.container import Writer
+
+    d, _ = work
+    encode([str(d / "test.npy")], tmp_path / "t.ncb", d / "m.pcm")
+    reader = Reader.from_path(tmp_path / "t.ncb")
+    header = {k: v for k, v in reader.header.items() if k != "pixels_sha256"}
+    w = Writer("pc", 3, header)
+    w.add_section("pixels", reader.payload("pixels"))
+    w.write(str(tmp_path / "nodigest.ncb"))
+    with pytest.raises(BitstreamError, match="pixels_sha256 is missing"):
+        decode(Reader.from_path(tmp_path / "nodigest.ncb"), tmp_path / "o.npy", d / "m.pcm")
+
+
+def test_a_header_claiming_more_images_than_the_model_allows_is_refused_at_once(tmp_path):
+    """least_bits_per_image bounds honest files from below, so a count the payload cannot pay for is refused
+    before decoding (it used to decode on for seconds per 65k claimed images)."""
+    from pathlib import Path
+
+    from bitstream.container import Writer
+    from codec.lossless.pc.codec import least_bits_per_image
+
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    model = model_file.load_model(fixtures / "pc_model.pcm")
+    reader = Reader.from_path(fixtures / "pc.ncb")
+    bound = least_bits_per_image(model)
+    assert 0 < reader.header["count"] * bound <= reader.section("pixels").length * 8
+    w = Writer("pc", reader.codec_version, {**reader.header, "count": 65537})
+    w.add_section("pixels", reader.payload("pixels"))
+    w.write(str(tmp_path / "many.ncb"))
+    with pytest.raises(BitstreamError, match="cannot hold 65537 images"):
+        decode(Reader.from_path(tmp_path / "many.ncb"), tmp_path / "o.npy", fixtures / "pc_model.pcm")

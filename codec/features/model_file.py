@@ -98,7 +98,7 @@ def _description(data: bytes, path: str) -> dict[str, Any]:
     try:
         header = json.loads(data[8:8 + n])
         description = json.loads(header["__metadata__"]["ncodec"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise UserError(not_one) from None
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise UserError(not_one)
@@ -225,7 +225,7 @@ def peek_student(path: str | os.PathLike) -> tuple[StudentCost, int]:
     try:
         entries = [v for k, v in json.loads(data[8:]).items() if k != "__metadata__"]
         stored = sum(math.prod(int(d) for d in e["shape"]) for e in entries)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise UserError(f"{path} is not an ncodec model file") from None
     return student_cost(description.get("config"), stored, path), size
 

@@ -2,7 +2,9 @@
 turns it back into the frame. Only the decoder and the embeddings are stored (the encoder is a fitting aid).
 
 Defaults are the paper's Bunny recipe: embedding 16 channels, kernels 1,3,5,5,5, channel reduction 1.2 per stage
-with a floor of 12, GELU, 3x3 head, output tanh*0.5+0.5, encoder width 64.
+with a floor of 12, GELU, 3x3 head, output tanh*0.5+0.5, encoder width 64. ncodec's recipe adds HiNeRV-style learned
+grids (Kwan et al. 2023, simplified: frame-independent, one per listed block) that the config records; files without
+them keep today's config and state dict.
 """
 from __future__ import annotations
 
@@ -39,10 +41,31 @@ class HNeRVConfig(UpsamplingConfig):
     head_kernel: int = 3
     act: str = "gelu"
     enc_dim: int = 64                     # encoder only: not needed to decode, kept for resume checks
+    # HiNeRV-style learned grids (absent from files before them: none): after each listed block, a frame-independent
+    # grid of that block's width at 1/stage_grid_down of its resolution, bilinearly upsampled and added
+    stage_grids: tuple[int, ...] = ()
+    stage_grid_down: int = 8
 
     def __post_init__(self):
         super().__post_init__()
         self.kernels = tuple(int(v) for v in self.kernels)
+        self.stage_grids = tuple(int(v) for v in self.stage_grids)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not self.stage_grids:     # a grid-less config is stored exactly as before the grids existed
+            del d["stage_grids"], d["stage_grid_down"]
+        return d
+
+    def stage_grid_shapes(self) -> dict[int, tuple[int, int, int]]:
+        """Block index -> (channels, height, width) of its learned grid."""
+        d, out = 1, {}
+        for i, (c, s) in enumerate(zip(self.widths(), self.strides)):
+            d *= s
+            if i in self.stage_grids:
+                h, w = self.grid_h * d, self.grid_w * d
+                out[i] = (c, -(-h // self.stage_grid_down), -(-w // self.stage_grid_down))
+        return out
 
     def widths(self) -> list[int]:
         """Output channels of each block: C_out = max(round(C_in / reduce), lower_width)."""
@@ -54,8 +77,9 @@ class HNeRVConfig(UpsamplingConfig):
 
     def frame_activations(self) -> int:
         """Peak activation values of one frame: the 1x1 stem, then per block conv -> shuffle -> activation."""
+        grids = 2 if self.stage_grids else 0     # a learned grid's upsampled copy and the sum
         return self.peak_activations((self.embed_dim + 2 * self.fc_dim) * self.grid_h * self.grid_w,
-                                     lambda c_in, c, a_in, a_out: c_in * a_in + 3 * c * a_out)
+                                     lambda c_in, c, a_in, a_out: c_in * a_in + (3 + grids) * c * a_out)
 
     @property
     def embed_values(self) -> int:
@@ -69,6 +93,9 @@ class HNeRVConfig(UpsamplingConfig):
               and all(0 < s <= 8 for s in self.strides) and all(0 < k <= 9 and k % 2 == 1 for k in self.kernels)
               and self.head_kernel % 2 == 1 and isinstance(self.reduce, (int, float)) and 1.0 <= self.reduce <= 4.0
               and self.act in ("gelu", "silu", "relu") and self.fc_dim <= 4096
+              and len(set(self.stage_grids)) == len(self.stage_grids)
+              and all(0 <= i < len(self.strides) for i in self.stage_grids)
+              and isinstance(self.stage_grid_down, int) and 1 <= self.stage_grid_down <= 64
               and self.padding_ok())
         if not ok:
             raise BitstreamError("config section: HNeRV config out of range")
@@ -88,11 +115,17 @@ class HNeRVDecoder(nn.Module):
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.head = OutputHead(c_in, cfg.head_kernel)
+        shapes = cfg.stage_grid_shapes()
+        if shapes:   # only then: a grid-less network keeps today's state dict
+            self.grids = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(shape)) for i, shape in shapes.items()})
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem(emb))
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x)
+            if i in self.cfg.stage_grids:
+                g = self.grids[str(i)].to(x.dtype)[None]
+                x = x + F.interpolate(g, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.head(x)[:, :, : self.cfg.height, : self.cfg.width]
 
 
@@ -121,18 +154,6 @@ class ConvNeXtEncoder(nn.Module):
         return self.stages(frames)
 
 
-def official_init(module: nn.Module) -> nn.Module:
-    """The official HNeRV code's ConvNeXt initialisation: every conv and linear weight trunc_normal(std 0.02) (its
-    bounds are +-2 absolute, as timm's, so in effect a normal), every bias zero. The official code applies it to
-    the encoder only; its decoder keeps PyTorch's defaults."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return module
-
-
 class HNeRV(nn.Module):
     """The fitting-time model: model(idx, frames) -> reconstruction (the shared fit loop's contract)."""
 
@@ -151,7 +172,8 @@ class HNeRV(nn.Module):
 
 
 def hnerv_config(height: int, width: int, frames: int, size: float, *, embed_dim: int = 16,
-                 reduce: float = 1.2, lower_width: int = 12) -> HNeRVConfig:
+                 reduce: float = 1.2, lower_width: int = 12, stage_grids: tuple[int, ...] = (),
+                 stage_grid_down: int = 8) -> HNeRVConfig:
     """The HNeRV config whose decoder params + embedding values are nearest `size` (paper's sizing rule).
 
     fc_dim starts from the paper's quadratic a*x^2 + b*x = size - embedding, a = sum_i K_i^2 s_i^2 / r^(2i+1),
@@ -160,7 +182,8 @@ def hnerv_config(height: int, width: int, frames: int, size: float, *, embed_dim
     geo: Geometry = choose_geometry(height, width, n_blocks=5, min_side=2)
     kernels = tuple(min(1 + 2 * i, 5) for i in range(len(geo.strides)))
     base = HNeRVConfig(height, width, frames, geo.strides, geo.grid_h, geo.grid_w, fc_dim=1, embed_dim=embed_dim,
-                       kernels=kernels, reduce=reduce, lower_width=lower_width)
+                       kernels=kernels, reduce=reduce, lower_width=lower_width, stage_grids=stage_grids,
+                       stage_grid_down=stage_grid_down)
     budget = size - base.embed_values
     if budget <= 0:
         raise UserError(f"--size {size:.0f}: the {base.embed_values} embedding values of this clip already exceed it")

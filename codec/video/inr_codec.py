@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
-from bitstream.serial import ByteReader
+from bitstream.serial import ByteReader, read_json
 from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_fps, phase, video_header
 from codec.device import accel_for, cpu_thread_limit, device_name, pick_device, seed_everything, to_channels_last
 from codec.errors import UserError
@@ -28,7 +28,7 @@ from codec.fit import FitConfig, fit, frames_to_device
 from codec.options import MAX_PARAMETERS, format_bytes
 from codec.quant import QuantizedTensor
 from codec.video import weights as W
-from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config, official_init
+from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config
 from codec.video.layers import count_params
 from codec.video.nerv import NeRV, NeRVConfig, nerv_config
 from codec.video.options import HNeRVOptions, INROptions, NeRVOptions
@@ -57,7 +57,10 @@ class Recipe:
     warmup: float                 # share of the run in linear warm-up from 0.1*lr, then cosine to 0
     loss: str
     batch_size: int
-    init: str = "torch"           # "torch": PyTorch's defaults; "official": HNeRV's encoder init (hnerv.official_init)
+    channels_last: bool = False   # NHWC while fitting on any device (CUDA's Accel has it anyway; a CPU's does not)
+    # HNeRV only, recorded in the file's config: learned grids added after these blocks (hnerv.HNeRVConfig)
+    stage_grids: tuple[int, ...] = ()
+    stage_grid_down: int = 8
 
 
 class Family:
@@ -82,10 +85,11 @@ class Family:
             raise UserError(f"--recipe {name}: {self.name} has {', '.join(recipes)}")
         return recipes[name]
 
-    def initialise(self, model: nn.Module, recipe: Recipe) -> None:
-        """Apply the recipe's initialisation to a freshly built fitting model (PyTorch's defaults: nothing to do)."""
-
     def config(self, h: int, w: int, t: int, size: float): ...
+
+    def config_rule(self, recipe: Recipe) -> Callable[[int, int, int, float], Any]:
+        """(h, w, t, size) -> config of the network a recipe fits (the family's own; HNeRV's may add grids)."""
+        return self.config
     def config_from_dict(self, d: dict): ...
     def fitting_model(self, cfg) -> nn.Module: ...
     def decoder(self, cfg) -> nn.Module: ...
@@ -122,14 +126,22 @@ class HNeRVFamily(Family):
     def recipes(self) -> dict[str, Recipe]:
         paper = Recipe(self.lr, self.betas, self.warmup, self.loss, self.batch_size)
         # ncodec's (docs/INR.md, "Recipes"): measured at equal epochs, size and bits by benchmarks/equal_epochs.py
-        return {"ncodec": replace(paper, lr=5e-3, batch_size=1, init="official"), "hnerv-paper": paper}
-
-    def initialise(self, model, recipe):
-        if recipe.init == "official":
-            official_init(model.encoder)
+        return {"ncodec": replace(paper, lr=5e-3, batch_size=1, channels_last=True, stage_grids=(2, 3, 4)),
+                "hnerv-paper": paper}
 
     def config(self, h, w, t, size):
         return hnerv_config(h, w, t, size)
+
+    def config_rule(self, recipe):
+        def rule(h, w, t, size):
+            if recipe.stage_grids:
+                try:
+                    return hnerv_config(h, w, t, size, stage_grids=recipe.stage_grids,
+                                        stage_grid_down=recipe.stage_grid_down)
+                except UserError:       # a size too small for the grids: the plain network (the config says which)
+                    pass
+            return hnerv_config(h, w, t, size)
+        return rule
 
     def config_from_dict(self, d):
         return HNeRVConfig.from_dict(d)
@@ -184,14 +196,17 @@ def estimate_bytes(family: Family, cfg, weight_bits: int, embed_bits: int) -> fl
     return total
 
 
-def size_for_bpp(family: Family, h: int, w: int, t: int, bpp: float, weight_bits: int, embed_bits: int):
-    """The largest model whose estimated file stays at or under `bpp` (bisection on the parameter count)."""
+def size_for_bpp(family: Family, h: int, w: int, t: int, bpp: float, weight_bits: int, embed_bits: int,
+                 config: Callable[[int, int, int, float], Any] | None = None):
+    """The largest model whose estimated file stays at or under `bpp` (bisection on the parameter count);
+    `config`: the size rule (default the family's)."""
+    config = config or family.config
     target = bpp * t * h * w / 8
     lo, hi, best = 1e3, 1e9, None
     for _ in range(40):
         mid = math.sqrt(lo * hi)
         try:
-            cfg = family.config(h, w, t, mid)
+            cfg = config(h, w, t, mid)
         except UserError:
             lo = mid                                  # too small for the architecture: go up
             continue
@@ -212,13 +227,10 @@ def size_for_bpp(family: Family, h: int, w: int, t: int, bpp: float, weight_bits
 
 def read_config(reader: Reader, family: Family) -> tuple[Any, int, int]:
     """(model config, weight bits, embed bits) from the config section, checked against the header."""
-    raw = reader.payload("config")
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise BitstreamError("config section is too large")
+    conf = read_json(reader.payload("config"), "config section", MAX_CONFIG_BYTES)
     try:
-        conf = json.loads(raw.decode("utf-8"))
         model_dict, weight_bits, embed_bits = conf["model"], conf["weight_bits"], conf["embed_bits"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (KeyError, TypeError):
         raise BitstreamError("config section is not a valid INR config") from None
     if not isinstance(model_dict, dict):
         raise BitstreamError("config section is not a valid INR config")
@@ -348,26 +360,29 @@ class INRVideoCodec(VideoCodec):
         # the network must decode within --max-memory (its own check below decodes it): refused before fitting
         limits = self.DecodeOptions(device=str(device), max_memory=options.max_memory)
         batch, value_bytes = decode_batch_size(device), 4 if self.decode_dtype(device) is None else 2
+        config = fam.config_rule(recipe)
         if size is not None:
-            check_size(self.name, size, limits, lambda s: config_bounds(fam, fam.config(H, Wd, T, s), batch,
+            check_size(self.name, size, limits, lambda s: config_bounds(fam, config(H, Wd, T, s), batch,
                                                                        value_bytes=value_bytes))
-            cfg = fam.config(H, Wd, T, size)
+            cfg = config(H, Wd, T, size)
         elif options.bpp is not None:
-            cfg = size_for_bpp(fam, H, Wd, T, options.bpp, weight_bits, embed_bits)
+            cfg = size_for_bpp(fam, H, Wd, T, options.bpp, weight_bits, embed_bits, config)
         else:
             try:                                      # the default: the size for 0.1 bpp, if the clip allows it
-                cfg = size_for_bpp(fam, H, Wd, T, DEFAULT_BPP, weight_bits, embed_bits)
+                cfg = size_for_bpp(fam, H, Wd, T, DEFAULT_BPP, weight_bits, embed_bits, config)
             except UserError:
-                cfg = fam.config(H, Wd, T, MIN_DEFAULT_SIZE)
+                cfg = config(H, Wd, T, MIN_DEFAULT_SIZE)
         if size is None:
             check_size(self.name, fam.stored_count(cfg), limits,
-                       lambda s: config_bounds(fam, fam.config(H, Wd, T, s), batch, value_bytes=value_bytes),
+                       lambda s: config_bounds(fam, config(H, Wd, T, s), batch, value_bytes=value_bytes),
                        asked=f"--bpp {options.bpp or DEFAULT_BPP}")
 
         seed_everything(seed)
         model = fam.fitting_model(cfg)
-        fam.initialise(model, recipe)
         data = frames_to_device(clip.frames, device)
+        fit_accel = accel_for(device)
+        if recipe.channels_last:    # fit only: decoding keeps the device's layout, so files decode as before
+            fit_accel = replace(fit_accel, channels_last=True)
         fit_budget, tune_budget = max_time, None
         if max_time is not None and options.qat_epochs > 0:
             fit_budget, tune_budget = 0.85 * max_time, 0.15 * max_time
@@ -376,7 +391,7 @@ class INRVideoCodec(VideoCodec):
         fcfg = FitConfig(epochs=epochs, max_time=fit_budget, batch_size=batch_size, lr=lr, betas=recipe.betas,
                          warmup=recipe.warmup, loss=recipe.loss, device=device, seed=seed, checkpoint=job.checkpoint,
                          checkpoint_every=job.checkpoint_every,
-                         resume=options.resume, fingerprint=fingerprint, desc=f"{self.name} fit",
+                         resume=options.resume, fingerprint=fingerprint, desc=f"{self.name} fit", accel=fit_accel,
                          on_progress=job.on_progress, show_bar=job.show_bar)
         result = fit(model, data, fcfg)
         fit_seconds = result.seconds

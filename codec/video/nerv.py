@@ -6,7 +6,7 @@ first block C wide and each later one max(C_in // 2, lower_width); 1x1 head, out
 """
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,9 +15,13 @@ import torch.nn as nn
 from bitstream.errors import BitstreamError
 from codec.errors import UserError
 from codec.video.layers import (OutputHead, PositionalEncoding, UpBlock, UpsamplingConfig, halving_widths, choose_geometry,
-                                meta_count, solve_width)
+                                meta_count)
 
 SIZE_TOLERANCE = 0.05
+STEM_SHARE = 0.25       # the MLP stem holds at most this share of the parameters; the blocks get the rest
+PAPER_HIDDEN = 512      # the paper's stem hidden width: the cap
+MIN_HIDDEN = 16         # the narrowest stem hidden width before the blocks narrow instead
+MAX_FC = 4096
 
 
 @dataclass
@@ -91,40 +95,53 @@ class NeRV(nn.Module):
 
 
 def nerv_config(height: int, width: int, frames: int, size: float, *, lower_width: int = 12) -> NeRVConfig:
-    """The NeRV config whose parameter count is nearest `size`.
+    """The NeRV config with `size` parameters, the blocks first (docs/INR.md, "Sizes").
 
-    The start grid's shorter side is at least 4 (NeRV starts from 9x16 at 720p; a bigger grid only grows the
-    stem's last Linear). fc_dim starts from the quadratic a*x^2 + b*x = size - stem_in, where a sums the blocks'
-    9*s^2*(1/2)^(2i-1) terms (first block C->C) and b is the stem's 512*grid cells, then moves to the exact count;
-    where one channel is too coarse a step, the stem's hidden width (512 in the paper) is adjusted instead.
+    Rule: no channel bottleneck narrower than the blocks after it, and the MLP stem (80 -> hidden -> fc_dim*cells)
+    holds at most STEM_SHARE of the parameters. fc_dim is the narrowest width >= lower_width at which the stem,
+    its hidden width solved so the whole lands on `size` and capped at the paper's 512, is within that share;
+    the blocks, fc_dim then max(C // 2, lower_width) wide, take the rest. The paper's stem (hidden 512, fc_dim
+    solved) is what this gives wherever it already holds no more than the share. Below the size that affords
+    lower_width-wide blocks every block is fc_dim wide (lower_width = fc_dim), as wide as a stem of MIN_HIDDEN
+    leaves room for. Files record the whole config, so files written under the old rule (hidden 512 whatever
+    fc_dim: fc_dim 2 behind a 595-wide stem at 160x320, 0.1M) decode as before.
     """
     geo = choose_geometry(height, width, n_blocks=5, min_side=4)
     base = NeRVConfig(height, width, frames, geo.strides, geo.grid_h, geo.grid_w, fc_dim=1, lower_width=lower_width)
     cells = geo.grid_h * geo.grid_w
-    k2 = base.kernel ** 2
-    a = sum(k2 * s * s * (1.0 if i == 0 else 0.5 ** (2 * i - 1)) for i, s in enumerate(geo.strides))
-    b = float(base.stem_hidden + 1) * cells
-    budget = max(size - (80 * base.stem_hidden + base.stem_hidden), 1.0)
-    guess = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
 
-    def count(fc: int, hidden: int = base.stem_hidden) -> int:
-        cfg = replace(base, fc_dim=fc, stem_hidden=hidden)
-        return meta_count(lambda: NeRV(cfg))
+    @functools.cache
+    def at(fc: int) -> tuple[NeRVConfig, int]:
+        """The config of width fc whose hidden width lands nearest `size` (each hidden unit adds 2*levels + 1
+        weights to the first Linear and fc_dim*cells to the second)."""
+        cfg = replace(base, fc_dim=fc, lower_width=min(lower_width, fc), stem_hidden=1)
+        c1 = meta_count(lambda: NeRV(cfg))
+        hidden = int(round(1 + (size - c1) / (2 * cfg.pe_levels + 1 + fc * cells)))
+        return replace(cfg, stem_hidden=max(hidden, 1)), hidden
 
-    fc = solve_width(count, size, guess, "NeRV")
-    best = (abs(count(fc) - size), 0, fc, base.stem_hidden)
-    if best[0] > 0.01 * size:
-        # at small widths one channel moves the count by more than 5% (the stem's last Linear has 512*cells
-        # weights per channel): the stem's hidden width, linear in the count, takes up the rest
-        for f in (fc - 1, fc, fc + 1):
-            if f < 1:
-                continue
-            c0, per = count(f, 64), count(f, 65) - count(f, 64)
-            hidden = int(round(64 + (size - c0) / per))
-            if 64 <= hidden <= 1024:
-                best = min(best, (abs(count(f, hidden) - size), abs(hidden - base.stem_hidden), f, hidden))
-    err, _, fc, hidden = best
-    if err > SIZE_TOLERANCE * size:
+    def stem(cfg: NeRVConfig) -> int:
+        return (2 * cfg.pe_levels + 1) * cfg.stem_hidden + (cfg.stem_hidden + 1) * cfg.fc_dim * cells
+
+    def fits(fc: int) -> bool:        # grows true with fc: a wider fc_dim leaves less to the stem
+        cfg, hidden = at(fc)
+        return hidden < MIN_HIDDEN or (hidden <= PAPER_HIDDEN and stem(cfg) <= STEM_SHARE * size)
+
+    lo, hi = lower_width, lower_width
+    while not fits(hi):                # doubling, then bisection for the narrowest fc_dim that fits
+        lo, hi = hi, 2 * hi
+        if hi > MAX_FC:
+            raise UserError(f"--size {size:.0f} is too large for NeRV at {height}x{width}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    fc = lo if fits(lo) else hi
+    cfg, hidden = at(fc)
+    while hidden < MIN_HIDDEN and fc > 1:    # too small for the share: the widest blocks a small stem leaves
+        fc -= 1
+        cfg, hidden = at(fc)
+    count = meta_count(lambda: NeRV(cfg))
+    if hidden < 1 or abs(count - size) > SIZE_TOLERANCE * size:
+        smallest = meta_count(lambda: NeRV(replace(base, fc_dim=1, lower_width=1, stem_hidden=1)))
         raise UserError(f"--size {size:.0f} cannot be met within 5% for {height}x{width} with NeRV "
-                        f"(nearest {count(fc, hidden)}; the smallest model has {count(1, 64)} parameters)")
-    return replace(base, fc_dim=fc, stem_hidden=hidden)
+                        f"(nearest {count}; the smallest model has {smallest} parameters)")
+    return cfg

@@ -13,6 +13,9 @@ No official code exists; every choice below is ours and docs/NIRVANA.md gives th
 - loss = MSE + lambda * rate, rate in bits per pixel from a learned per-tensor Laplace(0, b) over the integer
   symbols: the integers themselves in key groups (the first, and every --key-every'th), their difference from the
   previous group's integers otherwise. Group k starts from group k-1's latents, so its residuals start at zero;
+- --bpp: the bit budget is spread over the groups as the fit goes (RatePlan: a target per group from the bits
+  still unspent, key groups weighted; LambdaServo steers a key group's lambda during its fit, a Newton step on
+  log(lambda) sets each residual group's from the group before);
 - file: section "config" (JSON), "steps" (the float32 steps), and one "group/<k>" per group holding the range-coded
   symbols under the learned Laplace (or a fitted Categorical when that is smaller), one model per tensor;
 - decoding frames A:B reads only the sections of the groups that hold them and of the groups back to their key
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import time
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Iterator
@@ -37,11 +42,12 @@ import torch.nn.functional as F
 from bitstream import coder
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
-from bitstream.serial import ByteReader, ByteWriter
+from bitstream.serial import ByteReader, ByteWriter, read_json
 from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_fps, phase, video_header
 from codec.device import device_name, pick_device, seed_everything
 from codec.errors import UserError
 from codec.fit import FitConfig, fit, frames_to_device
+from codec.schedule import warmup_cosine
 from codec.quant import QuantizedTensor, round_ste
 from codec.video.layers import StoredConfig, parse_size, solve_width
 from codec.video.options import NirvanaOptions
@@ -63,7 +69,11 @@ KEY_WEIGHT = 12.0               # a key group's share of the budget against a re
 RES_BITS_PER_PARAM = 0.8        # prior: bits per parameter a residual group spends at lambda 0.01 ...
 RES_SLOPE = 0.65                # ... and -d log(bits) / d log(lambda) of a residual group ...
 KEY_SLOPE = 0.35                # ... and of a key group below its cap (measured: carphone, Bunny)
-SERVO_GAIN = 0.03               # per step: log(lambda) += gain * log(bits / target)
+CATEGORICAL_BIN_BITS = 3.0      # a fitted Categorical's table, per bin of its span (bitstream.coder: 2-3)
+MAX_LAMBDA_STEP = 4.0           # a residual group's lambda is at most 4x or 1/4 the last one's
+SERVO_KI = 0.02                 # per step, times the learning-rate factor: log(lambda) += KI * log(bits / target) ...
+SERVO_KP = 1.0                  # ... and lambda = exp(integral + KP * log(bits / target))
+SERVO_RAMP = 0.5                # from above, the servo's reference reaches the target half-way through the fit
 LAMBDA_RANGE = (1e-6, 10.0)
 RC_MIN_BITS_PER_PARAM = 0.05    # no group's target goes below this, whatever the groups before it spent
 GRID_SIDE = 4                   # the feature grid the MLP emits is GRID_SIDE x GRID_SIDE per patch
@@ -294,6 +304,34 @@ class GroupModel(nn.Module):
             total = total + laplace_bits(r, b[i])
         return total
 
+    @torch.no_grad()
+    def coded_bits(self) -> torch.Tensor:
+        """About what encode_group will spend on the group now: per tensor the cheaper of the Laplace at its best
+        scale and the symbols' histogram (its entropy plus a table at CATEGORICAL_BIN_BITS a bin), as the coder
+        chooses. Not rate_bits: the learned scales lag behind the symbols early in a fit (residuals start at zero
+        under b = 1, 1.4 bits each), and a key group's integers soon fit their histogram far better than any
+        Laplace (3-4x fewer bits on Bunny at lambda 0.1-0.9). Computed on the device, from the symbols' counts."""
+        grid = torch.logspace(math.log10(0.02), 4, 96, device=self.step0.device)
+        log_p0 = torch.log(-torch.expm1(-0.5 / grid))
+        log_pr = math.log(0.5) + torch.log(-torch.expm1(-1.0 / grid))
+        total = grid.new_zeros(())
+        for i, t in enumerate(self.latents):
+            q = torch.round(t).flatten()
+            if self.has_reference:
+                q = q - getattr(self, f"ref{i}").flatten()
+            q = q.long()
+            a = q.abs()
+            nz = (a > 0).sum()
+            excess = (a - 0.5).clamp_min(0).sum()       # sum of |r| - 1/2 over the non-zero symbols
+            laplace = (-((q.numel() - nz) * log_p0 + nz * log_pr - excess / grid) / _LN2).min()
+            lo = q.min()
+            counts = torch.bincount(q - lo).float()
+            hist = counts[counts > 0]
+            entropy = -(hist * torch.log2(hist / q.numel())).sum()
+            categorical = entropy + CATEGORICAL_BIN_BITS * counts.numel() + 64
+            total = total + torch.minimum(laplace, categorical)
+        return total
+
     def integers(self) -> list[np.ndarray]:
         return self.round(self.latents)
 
@@ -374,13 +412,10 @@ def decode_chunk_groups(device: torch.device) -> int:
 
 def read_config(reader: Reader) -> NirvanaConfig:
     """The config section, checked against the header."""
-    raw = reader.payload("config")
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise BitstreamError("config section is too large")
+    conf = read_json(reader.payload("config"), "config section", MAX_CONFIG_BYTES)
     try:
-        conf = json.loads(raw.decode("utf-8"))
         model = conf["model"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (KeyError, TypeError):
         raise BitstreamError("config section is not a valid NIRVANA config") from None
     if not isinstance(model, dict):
         raise BitstreamError("config section is not a valid NIRVANA config")
@@ -446,78 +481,99 @@ class LoadedFile(DecodedVideo):
 
 
 class RatePlan:
-    """Bit targets per group and the lambda each group's fit starts from (docs/NIRVANA.md, "Rate control").
+    """--bpp: bit targets per group and each group's lambda (docs/NIRVANA.md, "Rate control").
 
-    Target of group k = the bits still unspent, shared among groups k..n-1 in proportion to their frames, a key
-    group counting KEY_WEIGHT times a residual group but never more than its starting integers cost (at moderate
-    rates a key group barely moves from them whatever lambda is; measured: Bunny, carphone). Overshoot or
-    undershoot of one group so moves the targets of all the groups after it. The starting lambda is predicted
-    from the last group of the same kind (key or residual), or from a prior, by bits ~ lambda^-slope."""
+    Target of group k: the bits still unspent, shared among groups k..n-1 in proportion to their frames, a key
+    group counting KEY_WEIGHT residual groups but never more than its starting integers cost (at moderate rates a
+    key group barely moves from them whatever lambda is: measured on Bunny and carphone). What one group over- or
+    undershoots so moves the targets of all the groups after it.
+    Lambda of a residual group: fixed for its fit, a Newton step on log(lambda) from the last residual group's
+    (lambda, bits) to this group's target, with bits ~ lambda^-RES_SLOPE and the step bounded by MAX_LAMBDA_STEP
+    (the first residual group starts from a prior). A key group's lambda moves during its fit (LambdaServo): it
+    has no earlier group to learn from, and it holds most of the bits."""
 
     def __init__(self, cfg: NirvanaConfig, budget_bits: float):
         self.cfg, self.left = cfg, float(budget_bits)
-        self.calib = {True: 1.0, False: 1.0}           # coded bits / rate proxy at the end of a fit, per kind
-        self.last: dict[bool, tuple[float, float, float]] = {}   # kind -> (final lambda, coded bits, frames)
-        self.key_bits: float | None = None             # what the last key group cost: a later key group's cap
+        self.calib = {True: 1.0, False: 1.0}           # coded bits / coded_bits() at the end of a fit, per kind
+        self.last: dict[bool, tuple[float, float, float]] = {}   # kind -> (lambda, coded bits, frames)
 
     def target(self, k: int, cap: float) -> float:
         """Bits for group k; `cap` bounds it if k is a key group (the cost of the integers it starts from)."""
         cfg = self.cfg
         groups = range(k, cfg.num_groups)
-        frames = {j: (lambda a, b: (b - a) / cfg.group)(*cfg.group_frames(j)) for j in groups}
-        caps = {j: (cap if j == k else (self.key_bits or cap)) for j in groups if cfg.is_key(j)}
+        frames = {j: -operator.sub(*cfg.group_frames(j)) / cfg.group for j in groups}
+        later_cap = self.last[True][1] if True in self.last else cap      # what the last key group cost
+        caps = {j: cap if j == k else later_cap for j in groups if cfg.is_key(j)}
 
-        def spent(u: float) -> float:      # the bits groups k.. take when a residual frame share gets u bits
+        def spent(u: float) -> float:      # the bits groups k.. take when a residual group's frames get u bits
             return sum(min(KEY_WEIGHT * frames[j] * u, caps[j]) if j in caps else frames[j] * u for j in groups)
 
         lo, hi = 0.0, max(self.left, 1.0)
         for _ in range(60):                # spent(u) grows with u: bisection for spent(u) = bits left
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if spent(mid) < self.left else (lo, mid)
-        u = 0.5 * (lo + hi)
-        share = min(KEY_WEIGHT * frames[k] * u, cap) if k in caps else frames[k] * u
+        share = min(KEY_WEIGHT * frames[k] * lo, cap) if k in caps else frames[k] * lo
         return max(share, RC_MIN_BITS_PER_PARAM * cfg.params())
 
-    def start_lambda(self, key: bool, target: float, cap: float, frames: float) -> float:
+    def lambda_for(self, key: bool, target: float, frames: float) -> float:
         if key in self.last:
             lam, bits, f = self.last[key]
-            slope = KEY_SLOPE if key else RES_SLOPE
-            lam = lam * (target / frames / (bits / f)) ** (-1.0 / slope)
-        elif key:                          # near its cap a key group is not rate-limited: the default lambda
-            lam = DEFAULT_LAMBDA * min(target / cap, 1.0) ** (-1.0 / KEY_SLOPE)
+            step = (target / frames / (bits / f)) ** (-1.0 / (KEY_SLOPE if key else RES_SLOPE))
+            lam *= min(max(step, 1.0 / MAX_LAMBDA_STEP), MAX_LAMBDA_STEP)
+        elif key:                          # from below: a lambda too high early collapses the weights for good
+            lam = DEFAULT_LAMBDA
         else:
             prior = RES_BITS_PER_PARAM * self.cfg.params() * frames
             lam = DEFAULT_LAMBDA * (target / prior) ** (-1.0 / RES_SLOPE)
         return float(min(max(lam, LAMBDA_RANGE[0]), LAMBDA_RANGE[1]))
 
-    def record(self, key: bool, lam: float, coded: float, proxy: float, frames: float) -> None:
+    def record(self, key: bool, lam: float, coded: float, estimate: float, frames: float) -> None:
         self.left -= coded
-        self.calib[key] = coded / max(proxy, 1.0)
+        self.calib[key] = coded / max(estimate, 1.0)
         self.last[key] = (lam, max(coded, 1.0), frames)
-        if key:
-            self.key_bits = coded
 
 
 class LambdaServo:
-    """Lambda inside one group's fit: after every step, log(lambda) moves by `gain` times the log-ratio of the
-    group's bits (the rate proxy, calibrated to the coder) to its target: an integral controller, damped by the
-    small gain, that sets lambda to what the target costs while the fit goes. Kept on the device (no host sync)."""
+    """Lambda inside one group's fit, from the group's bits (GroupModel.coded_bits, calibrated to the coder) against
+    its target: a PI controller on log(lambda). With Adam the bits keep moving at a given lambda until they settle,
+    so an integral term alone swings past the target; the proportional term damps it. The integral's gain follows
+    the fit's learning-rate schedule (the bits can only move as fast as the latents), so it does not wind up while
+    the schedule anneals; its value is the lambda that held the bits, which the next group's start is predicted
+    from. Kept on the device (no host sync)."""
 
-    def __init__(self, lam: float, target_bits: float, calib: float, gain: float, device):
-        self.log_lam = torch.tensor(math.log(lam), device=device)
-        self.log_target = math.log(max(target_bits, 1.0) / calib)
-        self.gain = gain
+    def __init__(self, lam: float, target_bits: float, calib: float,
+                 schedule: tuple[int | None, float | None, float], device):
+        self.log_i = torch.tensor(math.log(lam), device=device)
+        self.target = max(target_bits, 1.0) / calib
+        (self.steps, self.seconds, self.warmup), self.step, self.start = schedule, 0, None
+        self.first: torch.Tensor | None = None
+        self.bounds = math.log(LAMBDA_RANGE[0]), math.log(LAMBDA_RANGE[1])
+
+    def progress(self) -> float:
+        """The fit's progress as codec.fit measures it (steps and/or time), for the schedule factor."""
+        if self.start is None:
+            self.start = time.perf_counter()
+        p = self.step / self.steps if self.steps else 0.0       # one step per epoch: a group is one batch
+        return max(p, (time.perf_counter() - self.start) / self.seconds if self.seconds else 0.0)
 
     def __call__(self, bits: torch.Tensor) -> torch.Tensor:
-        lam = self.log_lam.exp()
+        p = self.progress()
+        rate = warmup_cosine(p, 1.0, self.warmup)
+        self.step += 1
         with torch.no_grad():
-            err = torch.log(bits.detach().clamp_min(1.0)) - self.log_target
-            self.log_lam.add_(self.gain * err).clamp_(math.log(LAMBDA_RANGE[0]), math.log(LAMBDA_RANGE[1]))
-        return lam
+            bits = bits.detach().clamp_min(1.0)
+            if self.first is None:
+                self.first = bits.clone()
+            # from above, the reference moves from the starting bits to the target over the first SERVO_RAMP
+            # of the fit: lambda rises only as fast as the bits can follow
+            ref = self.target + (self.first - self.target).clamp_min(0.0) * max(0.0, 1.0 - p / SERVO_RAMP)
+            err = torch.log(bits) - torch.log(ref.clamp_min(1.0))
+            self.log_i.add_(SERVO_KI * rate * err).clamp_(*self.bounds)
+            return (self.log_i + SERVO_KP * err).clamp(*self.bounds).exp()
 
     @property
     def value(self) -> float:
-        return float(self.log_lam.exp())
+        return float(self.log_i.exp())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -599,6 +655,10 @@ class NirvanaCodec(VideoCodec):
                            else torch.ones(len(latents)))
             model = GroupModel(cfg, latents, steps, rate_scales, ref, group_lr, learn_steps=(k == 0)).to(device)
 
+            share = weights[k] / sum(weights)
+            group_steps = None if epochs is None else epochs * weights[k]
+            group_time = None if max_time is None else max_time * share
+            warmup = 0.1 if k == 0 else 0.0
             servo = None
             if plan is not None:
                 frames_k = (b - a) / cfg.group
@@ -606,20 +666,17 @@ class NirvanaCodec(VideoCodec):
                 cap = (8.0 * len(encode_group(GroupModel.round(latents), rate_scales.numpy())) if key
                        else math.inf)
                 targets.append(plan.target(k, cap))
-                servo = LambdaServo(plan.start_lambda(key, targets[-1], cap, frames_k), targets[-1],
-                                    plan.calib[key], SERVO_GAIN, device)
+                lam = plan.lambda_for(key, targets[-1], frames_k)
+                if key:
+                    servo = LambdaServo(lam, targets[-1], plan.calib[key], (group_steps, group_time, warmup), device)
 
             def loss(out, target, model=model, pixels=pixels, lam=lam, servo=servo):
                 if servo is None:
                     return F.mse_loss(out, target) + lam * model.rate_bits() / pixels
-                bits = model.rate_bits()
-                return F.mse_loss(out, target) + servo(bits) * bits / pixels
+                return F.mse_loss(out, target) + servo(model.coded_bits()) * model.rate_bits() / pixels
 
-            share = weights[k] / sum(weights)
             # no checkpoint: each group is a short fit of its own, and a group's file section is its result
-            fcfg = FitConfig(epochs=None if epochs is None else epochs * weights[k],
-                             max_time=None if max_time is None else max_time * share,
-                             batch_size=b - a, lr=group_lr, warmup=0.1 if k == 0 else 0.0,
+            fcfg = FitConfig(epochs=group_steps, max_time=group_time, batch_size=b - a, lr=group_lr, warmup=warmup,
                              loss=loss, device=device, compile=False, seed=seed + k, log_every=10,
                              desc=f"nirvana group {k + 1}/{n_groups}", on_progress=job.on_progress,
                              show_bar=job.show_bar)
@@ -633,11 +690,10 @@ class NirvanaCodec(VideoCodec):
             payload = encode_group(symbols, model.rate_scales().detach().cpu().numpy())
             payloads.append(payload)
             group_bits.append(8 * len(payload))
-            if servo is not None:
-                with torch.no_grad():
-                    proxy = float(model.rate_bits())
-                plan.record(key, servo.value, group_bits[-1], proxy, frames_k)
-            lams.append(lam if servo is None else servo.value)
+            if plan is not None:
+                lam = lam if servo is None else servo.value
+                plan.record(key, lam, group_bits[-1], float(model.coded_bits()), frames_k)
+            lams.append(lam)
             if k == 0:
                 steps = model.steps().detach().float().cpu()      # learned in the first group, fixed after
             latents = [t.detach().cpu() for t in model.latents]

@@ -36,7 +36,7 @@ from bitstream import coder
 from bitstream.atomic import write_atomic
 from bitstream.container import MAX_COUNT, Reader, Writer
 from bitstream.errors import BitstreamError
-from bitstream.serial import ByteReader, ByteWriter
+from bitstream.serial import ByteReader, ByteWriter, read_json
 from codec.base import (Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_source, phase, read_clips,
                         source_fields, video_header)
 from codec.device import device_name, pick_device, precision_label, seed_everything
@@ -401,12 +401,10 @@ class Library:
 
 def parse_config(payload: bytes) -> tuple[PFNRConfig, float, int, dict]:
     """(supernet config, density, weight bits, recipe) of a config section, checked; nothing allocated."""
-    if len(payload) > MAX_CONFIG_BYTES:
-        raise BitstreamError("config section is too large")
+    conf = read_json(payload, "config section", MAX_CONFIG_BYTES)
     try:
-        conf = json.loads(payload.decode("utf-8"))
         model, density, bits, recipe = conf["model"], conf["density"], conf["weight_bits"], conf["recipe"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (KeyError, TypeError):
         raise BitstreamError("config section is not a valid PFNR config") from None
     if not (isinstance(model, dict) and isinstance(recipe, dict) and isinstance(density, float)
             and 0 < density <= 1 and isinstance(bits, int) and 2 <= bits <= 16):

@@ -90,15 +90,38 @@ def _header(reader: Reader) -> tuple[int, int, bytes | None]:
     if type(n) is not int or n < 1:
         raise BitstreamError(f"header: count {n!r} is not a positive integer")
     digest = hdr.get("pixels_sha256")
+    if digest is None and reader.codec_version >= DIGEST_VERSION:
+        raise BitstreamError(f"header: pixels_sha256 is missing (pc version {reader.codec_version} files have it)")
     if digest is not None and (not isinstance(digest, bytes) or len(digest) != 32):
         raise BitstreamError("header: pixels_sha256 is not 32 bytes")
     return n, batch, digest
 
 
+def least_bits_per_image(model: PCModel) -> float:
+    """A lower bound on what one image costs under `model`: before decoding, it bounds how many images a pixels
+    section can honestly hold (a header claiming more would make the decoder run on for nothing).
+
+    A pixel's coding table mixes the latent states' integer leaf rows, so no symbol's share exceeds the largest
+    share in any one row; the coder's 24-bit quantisation adds at most 2^-23 to it, and leaves every other of the
+    256 symbols at least 2^-24."""
+    leaf = coding.quantize_params(model.leaf)                              # [D, M, K], as the coder uses them
+    share = (leaf / leaf.sum(-1, keepdims=True)).max(axis=(1, 2))          # [D]
+    p = np.minimum(share + 2.0**-23, 1 - (leaf.shape[2] - 1) * 2.0**-24)
+    return float(-np.log2(p).sum())
+
+
+DIGEST_VERSION = 3      # from this version on the header must carry pixels_sha256 (version 2's arithmetic)
+
+
+def coder_version(file_version: int) -> int:
+    """The coder's message arithmetic (coding.py) a file version uses."""
+    return min(file_version, coding.VERSION)
+
+
 class PCCodec(Codec):
     name = "pc"
-    version = coding.VERSION          # the coder's message arithmetic (coding.py)
-    readable = coding.VERSIONS        # version 1 files still decode, with version 1 arithmetic
+    version = DIGEST_VERSION          # version 2's arithmetic, with the pixels' digest required
+    readable = (*coding.VERSIONS, DIGEST_VERSION)   # versions 1 and 2 still decode (without a digest check)
     kind = "images"
     description = "lossless images: hidden Chow-Liu tree circuit (--model MODEL.pcm) + range coder"
     sections = frozenset({"pixels", "names"})
@@ -182,10 +205,13 @@ class PCCodec(Codec):
             raise BitstreamError("header: image shape {}x{}x{} differs from its model's".format(*shape))
         names = self._names(reader, n)
         payload = reader.payload("pixels")
+        if len(payload) * 8 + 64 < n * least_bits_per_image(model):
+            raise BitstreamError(f"section 'pixels': {len(payload)} bytes cannot hold {n} images under this model")
         device = pick_device(options.device)
         t0 = time.perf_counter()
         with progress(total=n, desc="pc decode", unit="img") as bar:
-            pixels = decode_array(model, payload, n, device, batch, on_batch=bar.update, version=reader.codec_version)
+            pixels = decode_array(model, payload, n, device, batch, on_batch=bar.update,
+                                  version=coder_version(reader.codec_version))
         if digest is not None and pixels_digest(pixels) != digest:
             raise BitstreamError("section 'pixels' decodes to images whose SHA-256 differs from the header's "
                                  "pixels_sha256: the file is damaged")

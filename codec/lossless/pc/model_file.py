@@ -105,7 +105,7 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
         tensors = load(bytes(data))
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(bytes(data[8:8 + header_len])).get("__metadata__") or {}
-    except (SafetensorError, ValueError, AttributeError) as e:   # malformed framing, header JSON or metadata
+    except (SafetensorError, ValueError, AttributeError, RecursionError) as e:   # framing, header JSON, metadata
         raise UserError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{bad} (format tag {meta.get('format')!r})")
@@ -115,7 +115,7 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
     try:
         h, w, c = (int(meta[k]) for k in ("height", "width", "channels"))
         info = json.loads(meta.get("info", "{}"))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise UserError(f"{bad} (metadata incomplete)") from None
     for name in ("root", "edge", "leaf"):     # the zoo stores probabilities in half precision (codec/zoo/convert.py)
         if name in tensors and tensors[name].dtype == np.float16:
