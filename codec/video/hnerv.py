@@ -44,7 +44,7 @@ class HNeRVConfig(UpsamplingConfig):
     # HiNeRV-style learned grids (absent from files before them: none): after each listed block, a frame-independent
     # grid of that block's width at 1/stage_grid_down of its resolution, bilinearly upsampled and added
     stage_grids: tuple[int, ...] = ()
-    stage_grid_down: int = 8
+    stage_grid_down: int = 12
 
     def __post_init__(self):
         super().__post_init__()
@@ -173,7 +173,7 @@ class HNeRV(nn.Module):
 
 def hnerv_config(height: int, width: int, frames: int, size: float, *, embed_dim: int = 16,
                  reduce: float = 1.2, lower_width: int = 12, stage_grids: tuple[int, ...] = (),
-                 stage_grid_down: int = 8) -> HNeRVConfig:
+                 stage_grid_down: int = 12) -> HNeRVConfig:
     """The HNeRV config whose decoder params + embedding values are nearest `size` (paper's sizing rule).
 
     fc_dim starts from the paper's quadratic a*x^2 + b*x = size - embedding, a = sum_i K_i^2 s_i^2 / r^(2i+1),
@@ -202,3 +202,25 @@ def hnerv_config(height: int, width: int, frames: int, size: float, *, embed_dim
         raise UserError(f"--size {size:.0f} cannot be met within 5% for {height}x{width}x{frames} with HNeRV "
                         f"(nearest {got}; the smallest model has {smallest} parameters)")
     return replace(base, fc_dim=fc)
+
+
+GRID_KEEP_FC = 0.85     # grids only while the decoder keeps this share of its grid-less fc_dim
+
+
+def hnerv_grid_config(height: int, width: int, frames: int, size: float, stages: tuple[int, ...],
+                      share: float) -> HNeRVConfig:
+    """HNeRV with learned grids after `stages` taking about `share` of `size`: the grids' resolution divisor is the
+    smallest whose grids (at the grid-less network's widths) fit in that share, then fc_dim is solved with them.
+    Where they would squeeze the decoder (fc_dim under GRID_KEEP_FC of the grid-less one, or no fit within 5%),
+    the grid-less network: small sizes keep every parameter for the decoder."""
+    plain = hnerv_config(height, width, frames, size)
+    if not stages:
+        return plain
+    full = sum(c * h * w for c, h, w in replace(plain, stage_grids=tuple(stages), stage_grid_down=1)
+               .stage_grid_shapes().values())
+    down = min(64, max(1, math.ceil(math.sqrt(full / (share * size)))))
+    try:
+        cfg = hnerv_config(height, width, frames, size, stage_grids=tuple(stages), stage_grid_down=down)
+    except UserError:
+        return plain
+    return cfg if cfg.fc_dim >= GRID_KEEP_FC * plain.fc_dim else plain

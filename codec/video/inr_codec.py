@@ -28,7 +28,7 @@ from codec.fit import FitConfig, fit, frames_to_device
 from codec.options import MAX_PARAMETERS, format_bytes
 from codec.quant import QuantizedTensor
 from codec.video import weights as W
-from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config
+from codec.video.hnerv import HNeRV, HNeRVConfig, HNeRVDecoder, hnerv_config, hnerv_grid_config
 from codec.video.layers import count_params
 from codec.video.nerv import NeRV, NeRVConfig, nerv_config
 from codec.video.options import HNeRVOptions, INROptions, NeRVOptions
@@ -58,9 +58,9 @@ class Recipe:
     loss: str
     batch_size: int
     channels_last: bool = False   # NHWC while fitting on any device (CUDA's Accel has it anyway; a CPU's does not)
-    # HNeRV only, recorded in the file's config: learned grids added after these blocks (hnerv.HNeRVConfig)
+    # HNeRV only, recorded in the file's config: learned grids after these blocks, about grid_share of the size
     stage_grids: tuple[int, ...] = ()
-    stage_grid_down: int = 8
+    grid_share: float = 0.06
 
 
 class Family:
@@ -133,15 +133,7 @@ class HNeRVFamily(Family):
         return hnerv_config(h, w, t, size)
 
     def config_rule(self, recipe):
-        def rule(h, w, t, size):
-            if recipe.stage_grids:
-                try:
-                    return hnerv_config(h, w, t, size, stage_grids=recipe.stage_grids,
-                                        stage_grid_down=recipe.stage_grid_down)
-                except UserError:       # a size too small for the grids: the plain network (the config says which)
-                    pass
-            return hnerv_config(h, w, t, size)
-        return rule
+        return lambda h, w, t, size: hnerv_grid_config(h, w, t, size, recipe.stage_grids, recipe.grid_share)
 
     def config_from_dict(self, d):
         return HNeRVConfig.from_dict(d)

@@ -70,7 +70,8 @@ RES_BITS_PER_PARAM = 0.8        # prior: bits per parameter a residual group spe
 RES_SLOPE = 0.65                # ... and -d log(bits) / d log(lambda) of a residual group ...
 KEY_SLOPE = 0.35                # ... and of a key group below its cap (measured: carphone, Bunny)
 CATEGORICAL_BIN_BITS = 3.0      # a fitted Categorical's table, per bin of its span (bitstream.coder: 2-3)
-MAX_LAMBDA_STEP = 4.0           # a residual group's lambda is at most 4x or 1/4 the last one's
+NEWTON_DAMPING = 0.5            # half the Newton step on log(lambda) from one group to the next ...
+MAX_LAMBDA_STEP = 4.0           # ... and at most x4 or x1/4
 SERVO_KI = 0.02                 # per step, times the learning-rate factor: log(lambda) += KI * log(bits / target) ...
 SERVO_KP = 1.0                  # ... and lambda = exp(integral + KP * log(bits / target))
 SERVO_RAMP = 0.5                # from above, the servo's reference reaches the target half-way through the fit
@@ -518,7 +519,7 @@ class RatePlan:
     def lambda_for(self, key: bool, target: float, frames: float) -> float:
         if key in self.last:
             lam, bits, f = self.last[key]
-            step = (target / frames / (bits / f)) ** (-1.0 / (KEY_SLOPE if key else RES_SLOPE))
+            step = (target / frames / (bits / f)) ** (-NEWTON_DAMPING / (KEY_SLOPE if key else RES_SLOPE))
             lam *= min(max(step, 1.0 / MAX_LAMBDA_STEP), MAX_LAMBDA_STEP)
         elif key:                          # from below: a lambda too high early collapses the weights for good
             lam = DEFAULT_LAMBDA

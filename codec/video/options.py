@@ -81,8 +81,8 @@ HNERV_RECIPES = ("ncodec", "hnerv-paper")     # codec/video/inr_codec.py HNeRVFa
 @dataclass
 class HNeRVOptions(INROptions):
     embed_bits: int = option(6, "Bits per embedding value.")
-    recipe: str = option("ncodec", "How the network is fitted: ncodec (lr 5e-3, 1 frame per step) or hnerv-paper "
-                                   "(the paper's: lr 1e-3, 2 frames per step). Files decode the same either way.",
+    recipe: str = option("ncodec", "How the network is fitted: ncodec (lr 5e-3, 1 frame per step, learned grids) or "
+                                   "hnerv-paper (the paper's: lr 1e-3, 2 frames per step). One decoder reads both.",
                          metavar="NAME")
 
     def check(self) -> None:
