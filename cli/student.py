@@ -251,31 +251,39 @@ def serve(model, port, host, device, max_frame, frame_timeout, max_clients):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, required=True)
 @click.option("--device", default="auto", show_default=True, help="Device for the encoder.")
+@click.option("--limit", type=int, default=None, help="Send at most N images, taken round-robin over the folders.")
 @click.option("--every", type=int, default=None, help="Print a table row every N images (default: ~20 rows).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
-def send(images, model, host, port, device, every, as_json):
-    """Run the device half on IMAGES (files or folders): encode, send each latent, print the server's classes."""
+def send(images, model, host, port, device, limit, every, as_json):
+    """Run the device half on IMAGES: encode, send each latent, print the server's classes.
+
+    IMAGES are image files, folders of class subfolders (FOLDER/<class>/<image>) or .tar.gz archives of them;
+    accuracy is scored for images in folders named after the model's classes."""
     from codec.features.codec import open_student
-    from codec.features.data import expand_inputs, label_from_path, load_images
     from codec.features.split import SplitClient, run_session
 
     _check_port(port, allow_zero=False)
     _positive("every", every)
+    _positive("limit", limit)
     student, model_id, dev = open_student(model, device)
-    paths = expand_inputs(list(images))
-    c, h, w = student.image_shape
-    pixels = load_images(paths, c, (h, w))
-    labels = [label_from_path(p, student.classes) for p in paths]
+    found, pixels, labels = _read_for(student, list(images), limit)
     with SplitClient(student, model_id, dev, host, port) as client:
         session = run_session(client, pixels, labels, live=not as_json, every=every)
-    summary = {"server": f"{host}:{port}", "model_id": model_id, **_session_summary(session)}
-    _report(summary, as_json, "ncodec split send")
+    summary = {"server": f"{host}:{port}", "model_id": model_id, **_session_summary(session, found)}
+    _report_session(summary, as_json, "ncodec split send")
 
 
 @split.command("demo")
+@click.option("--model", default=None,
+              help="Student: a model file or a zoo name (`ncodec models`) [digits-student, or the one --retrain or "
+                   "--beta trains].")
+@click.option("--images", default=None, metavar="PATH|N",
+              help="Images to send: a folder of class subfolders (PATH/<class>/<image>) or a .tar.gz of one; or a "
+                   "number N (when no such path exists): that many held-out digits [60 digits].")
+@click.option("--limit", type=int, default=None,
+              help="Send at most N of the --images PATH, taken round-robin over the folders.")
 @click.option("--out", "out_dir", default="out/split_demo", show_default=True,
-              help="Folder for the demo images (and the teacher/student that --retrain or --beta trains).")
-@click.option("--images", "count", type=int, default=60, show_default=True, help="Held-out digits to send.")
+              help="Folder for the digits demo's images (and the teacher/student that --retrain or --beta trains).")
 @click.option("--beta", type=float, default=None,
               help="Train (once, cached in --out) a digits teacher and a student of this rate weight instead of "
                    "using the zoo's digits-teacher and digits-student (beta 0.5).")
@@ -284,16 +292,39 @@ def send(images, model, host, port, device, every, as_json):
 @click.option("--retrain", is_flag=True,
               help="Train the teacher and student in --out again (beta 0.5 unless --beta) instead of the zoo's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
-def demo(out_dir, count, beta, port, device, retrain, as_json):
-    """Start a server on localhost with the zoo's digits student (no training) and send it held-out digits."""
-    _positive("images", count)
+def demo(model, images, limit, out_dir, beta, port, device, retrain, as_json):
+    """Run a split server on 127.0.0.1 and send it images: by default held-out digits to the zoo's digits student.
+
+    Prints accuracy (when the images sit in folders named after the model's classes), bytes per image and the
+    latency percentiles of the device's encoder, the network and the server."""
+    _positive("limit", limit)
     _check_port(port)
+    if model is not None and (retrain or beta is not None):
+        raise UserError("--model names the student; --retrain and --beta train one: give one or the other")
+    count, path = _demo_images(images)
+    if limit is not None and path is None:
+        raise UserError("--limit applies to --images PATH; for the digits, --images N is the count")
     from codec.device import pick_device
     from codec.features.train import thread_limit
 
     with thread_limit(pick_device(device), 8):      # digits: tiny per-image work, one thread is fastest
-        summary = run_demo(out_dir, count, beta, port, device, retrain, as_json)
-    _report(summary, as_json, "ncodec split demo")
+        summary = run_demo(out_dir, count, beta, port, device, retrain, as_json, model=model, path=path,
+                           limit=limit)
+    _report_session(summary, as_json, "ncodec split demo")
+
+
+def _demo_images(images: str | None) -> tuple[int, str | None]:
+    """--images: a path that exists, else a count of held-out digits (the option's first meaning)."""
+    if images is None:
+        return 60, None
+    if os.path.exists(images):
+        return 0, images
+    if images.isdigit():
+        count = int(images)
+        _positive("images", count)
+        return count, None
+    raise UserError(f"--images {images}: no such file or folder (give a folder of class subfolders, a .tar.gz of "
+                    f"one, or a number of held-out digits)")
 
 
 def _check_port(port: int, allow_zero: bool = True) -> None:
@@ -301,39 +332,108 @@ def _check_port(port: int, allow_zero: bool = True) -> None:
         raise UserError(f"--port must be in {'0' if allow_zero else '1'}..65535, got {port}")
 
 
-def _session_summary(session) -> dict[str, Any]:
+def _read_for(student, inputs: list[str], limit: int | None = None):
+    """The images as the student takes them (codec/features/collection.py): collection, pixels, true labels."""
+    from codec.features.collection import read_collection
+
+    found = read_collection(inputs)
+    if limit is not None:
+        found = found.balanced(limit)
+    c, h, w = student.image_shape
+    return found, found.pixels(c, (h, w)), found.labels(student.classes)
+
+
+def _session_summary(session, found=None) -> dict[str, Any]:
     row = session.row()
-    return {"images": row["sent"], "labelled": session.labelled, "accuracy": row["accuracy"],
-            "bytes_per_image": row["bytes/image"], "wire_bytes_per_image": row["wire bytes/image"],
-            "encode_ms": row["encode ms"], "round_trip_ms": row["round trip ms"], "server_ms": row["server ms"]}
+    summary = {"images": row["sent"], "labelled": session.labelled, "accuracy": row["accuracy"],
+               "bytes_per_image": row["bytes/image"], "wire_bytes_per_image": row["wire bytes/image"]}
+    if found is not None:
+        summary["file_bytes_per_image"] = found.file_bytes() / len(found)
+    summary.update({"encode_ms": row["encode ms"], "round_trip_ms": row["round trip ms"],
+                    "server_ms": row["server ms"], "latency_ms": session.latency()})
+    return summary
+
+
+def _report_session(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    """The summary's fields, then the latency percentiles as a table of their own."""
+    from codec.features.split import latency_rows
+    from codec.progress import print_table
+
+    if as_json:
+        _report(summary, as_json, title)
+        return
+    shown = dict(summary)
+    if shown.get("accuracy") is None:
+        shown["accuracy"] = "unknown (no image sits in a folder named after one of the model's classes)"
+    elif shown["labelled"] < shown["images"]:
+        shown["accuracy_of"] = (f"the {shown['labelled']} images in folders named after a class; "
+                                f"{shown['images'] - shown['labelled']} others not scored")
+    _report(shown, False, title)
+    print_table(latency_rows(summary["latency_ms"]), ["ms per image", "p50", "p90", "p99", "mean"],
+                title="latency (ms per image)")
 
 
 def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: str, retrain: bool,
-             as_json: bool) -> dict[str, Any]:
-    """Everything `ncodec split demo` does; the server runs in a thread of this process on a real socket."""
-    import io
+             as_json: bool, model: str | None = None, path: str | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+    """Everything `ncodec split demo` does; the server runs in a thread of this process on a real socket.
 
-    import numpy as np
-    from PIL import Image
-
+    `path`: the images to send (a folder or an archive, codec/features/collection.py); None: `count` held-out
+    digits, written as PNG files into out_dir/images/<class>/."""
     from codec.device import pick_device
-    from codec.features import model_file
     from codec.features.codec import open_student
-    from codec.features.data import load_dataset, split_holdout
     from codec.features.split import SplitClient, SplitServer, run_session
-    from codec.features.train import (HOLDOUT, Schedule, accuracy, default_schedules, default_student_options,
-                                      train_student, train_teacher)
 
-    os.makedirs(out_dir, exist_ok=True)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    ds = load_dataset("digits")
+    teacher = None
+    if model is not None:
+        student_path = model
+    else:
+        teacher, student_path = _demo_models(out_dir, beta, device, retrain, say)
+
+    # two independent loads of the same file: the device half and the server half share nothing in memory
+    server_student, model_id, dev = open_student(student_path, device)
+    client_student, _, _ = open_student(student_path, device)
+    extra: dict[str, Any] = {}
+    if path is not None:
+        found, pixels, labels = _read_for(client_student, [path], limit)
+        what = f"{len(found)} images of {path}"
+    else:
+        held, files = _held_out_digits(out_dir, count)
+        found, pixels, labels = _read_for(client_student, files)
+        what = f"{len(found)} held-out digits"
+        if teacher is not None:
+            extra["teacher_accuracy"] = _teacher_accuracy(teacher, held, device)
+        extra["png_bytes_per_image"] = found.file_bytes() / len(found)
+    with SplitServer(server_student, model_id, dev, port=port) as server:
+        say(f"server: student {model_id} on {server.host}:{server.port}; sending {what}")
+        with SplitClient(client_student, model_id, dev, server.host, server.port) as client:
+            session = run_session(client, pixels, labels, live=not as_json and path is None, bar=path is not None)
+        port_used = server.port
+    c, h, w = client_student.image_shape
+    summary = {"server": f"127.0.0.1:{port_used}", "model_id": model_id, "student": student_path}
+    if path is not None:
+        summary["images_from"] = path
+    return {**summary, **_session_summary(session, found), **extra, "raw_bytes_per_image": c * h * w,
+            "device": str(pick_device(device))}
+
+
+def _demo_models(out_dir: str, beta: float | None, device: str, retrain: bool, say):
+    """The digits teacher and the student's path: the zoo's, or trained (and cached) in out_dir."""
+    from codec.features import model_file
+    from codec.features.data import load_dataset
+    from codec.features.train import Schedule, default_schedules, default_student_options, train_student, \
+        train_teacher
+
     trained = retrain or beta is not None
     if trained:
         beta = 0.5 if beta is None else beta
+        os.makedirs(out_dir, exist_ok=True)
         teacher_path = os.path.join(out_dir, "teacher.safetensors")
         student_path = os.path.join(out_dir, f"student_beta{beta:g}.safetensors")
     else:       # the zoo's models (codec/zoo, `ncodec models`): trained on the other 90% of the digits
         teacher_path, student_path = "digits-teacher", "digits-student"
+    ds = load_dataset("digits") if trained else None
     if trained and (retrain or not _loads(model_file.load_teacher, teacher_path)):
         say(f"training a digits teacher -> {teacher_path}")
         train_teacher(ds, teacher_path, arch="digits", schedule=Schedule(epochs=10, batch_size=128, lr=0.1),
@@ -344,39 +444,41 @@ def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: st
         s1, s2 = default_schedules(8)
         train_student(ds, teacher, student_path, beta=beta, stage1=s1, stage2=s2,
                       student_options=default_student_options(8), device=device, teacher_source=teacher_path)
+    return teacher, student_path
 
-    # the held-out digits as PNG files in class folders, so that the client reads real files and knows the labels
-    _, held = split_holdout(ds, HOLDOUT, seed=0)
+
+def _held_out_digits(out_dir: str, count: int):
+    """The first `count` held-out digits as optimised PNG files in out_dir/images/<class>/, so that the client
+    reads real files and knows the labels from their folders."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from codec.features.data import load_dataset, split_holdout
+    from codec.features.train import HOLDOUT
+
+    _, held = split_holdout(load_dataset("digits"), HOLDOUT, seed=0)
     held = held.subset(np.arange(min(count, len(held))))
-    paths, png_bytes = [], []
+    paths = []
     for i in range(len(held)):
         folder = os.path.join(out_dir, "images", held.classes[int(held.labels[i])])
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{i:04d}.png")
         buf = io.BytesIO()
         Image.fromarray(held.images[i, 0].numpy()).save(buf, format="PNG", optimize=True)
+        path = os.path.join(folder, f"{i:04d}.png")
         with open(path, "wb") as f:
             f.write(buf.getvalue())
         paths.append(path)
-        png_bytes.append(len(buf.getvalue()))
+    return held, paths
 
-    # two independent loads of the same file: the device half and the server half share nothing in memory
-    server_student, model_id, dev = open_student(student_path, device)
-    client_student, _, _ = open_student(student_path, device)
-    with SplitServer(server_student, model_id, dev, port=port) as server:
-        say(f"server: student {model_id} on {server.host}:{server.port}; sending {len(paths)} held-out digits")
-        from codec.features.data import label_from_path, load_images
 
-        c, h, w = client_student.image_shape
-        pixels = load_images(paths, c, (h, w))
-        labels = [label_from_path(p, client_student.classes) for p in paths]
-        with SplitClient(client_student, model_id, dev, server.host, server.port) as client:
-            session = run_session(client, pixels, labels, live=not as_json)
-        port_used = server.port
-    return {"server": f"127.0.0.1:{port_used}", "model_id": model_id, "student": student_path,
-            **_session_summary(session),
-            "teacher_accuracy": accuracy(teacher.to(pick_device(device)), held, pick_device(device)),
-            "png_bytes_per_image": float(np.mean(png_bytes)), "raw_bytes_per_image": c * h * w}
+def _teacher_accuracy(teacher, held, device: str) -> float:
+    from codec.device import pick_device
+    from codec.features.train import accuracy
+
+    dev = pick_device(device)
+    return accuracy(teacher.to(dev), held, dev)
 
 
 def _loads(loader, path: str) -> bool:

@@ -8,7 +8,6 @@ student's model id, and decoding with any other student is refused.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,8 @@ from bitstream.serial import ByteReader, ByteWriter
 from codec.base import Bounds, Codec, Encoded, Job
 from codec.device import pick_device
 from codec.errors import UserError
-from codec.features.data import _to_array, expand_inputs, load_images, to_float
+from codec.features.collection import MAX_NAME_BYTES, Collection, check_name, read_collection, to_array
+from codec.features.data import to_float
 from codec.features.model_file import load_student, peek_student
 from codec.features.options import StudentDecodeOptions, StudentOptions
 from codec.features.student import Student
@@ -149,22 +149,23 @@ def classify_symbols(student: Student, symbols: np.ndarray, device: torch.device
 
 @dataclass
 class Images:
-    """What `StudentCodec.read` found: image files (loaded once the student says its size), or images in memory."""
+    """What `StudentCodec.read` found: an image collection (loaded once the student says its size), or images in
+    memory."""
 
     names: list[str]
-    paths: list[str] | None = None
+    collection: Collection | None = None
     array: np.ndarray | None = None       # uint8 [N, H, W, C]
 
     def pixels(self, channels: int, size: tuple[int, int]) -> torch.Tensor:
         """uint8 [N, C, H, W] as the student takes them; another size is refused, never resized."""
-        if self.paths is not None:
-            return load_images(self.paths, channels, size)
+        if self.collection is not None:
+            return self.collection.pixels(channels, size)
         a = self.array
         if tuple(a.shape[1:3]) != tuple(size):
             raise UserError(f"the images are {a.shape[2]}x{a.shape[1]} pixels but the model takes "
                             f"{size[1]}x{size[0]} images")
         # through Pillow, as image files are: the same grey/RGB conversion whatever the array's channels
-        return torch.from_numpy(np.stack([_to_array(Image.fromarray(x[..., 0] if x.shape[2] == 1 else x), channels)
+        return torch.from_numpy(np.stack([to_array(Image.fromarray(x[..., 0] if x.shape[2] == 1 else x), channels)
                                           for x in a]))
 
 
@@ -191,16 +192,16 @@ class StudentCodec(Codec):
     DecodeOptions = StudentDecodeOptions
 
     def read(self, source: Any, options: StudentOptions) -> Images:
-        """Image files and folders (searched recursively), or a uint8 array [N, H, W, C] or [N, H, W]."""
+        """Image files, folders of class subfolders, tar archives of them (codec/features/collection.py), or a
+        uint8 array [N, H, W, C] or [N, H, W]."""
         if isinstance(source, np.ndarray):
             a = source[..., None] if source.ndim == 3 else source
             if source.dtype != np.uint8 or a.ndim != 4 or not len(a) or a.shape[3] not in (1, 2, 3, 4):
                 raise UserError(f"images must be a uint8 array [N, H, W] or [N, H, W, C] (C = 1 to 4), got "
                                 f"{source.dtype} {list(source.shape)}")
             return Images([f"#{i}" for i in range(len(a))], array=a)
-        sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-        paths = expand_inputs([os.fspath(p) for p in sources])
-        return Images([os.path.basename(p)[:255] for p in paths], paths=paths)
+        found = read_collection(source)
+        return Images(found.names, collection=found)
 
     def encode(self, images: Images, options: StudentOptions, job: Job) -> Encoded:
         student, model_id, dev = open_student(options.model, options.device)
@@ -219,7 +220,7 @@ class StudentCodec(Codec):
         for s in streams:
             body.bytes_(s)
         writer.add_section("latents", body.getvalue())
-        if images.paths is not None:             # an array's images have no names: decoding numbers them
+        if images.collection is not None:        # an array's images have no names: decoding numbers them
             names = ByteWriter()
             for name in images.names:
                 names.str_(name)
@@ -296,11 +297,17 @@ class StudentCodec(Codec):
 
     @staticmethod
     def _names(reader: Reader, count: int) -> list[str]:
+        """Each image's path relative to its input's root (older files hold base names, which pass the same check).
+        Untrusted: bounded, and checked with the encoder's rule (collection.check_name) before anything uses them."""
         if not reader.has("names"):
             return [f"#{i}" for i in range(count)]
         r = ByteReader(reader.payload("names"), "section 'names'")
-        names = [r.str_(255) for _ in range(count)]
+        names = [r.str_(MAX_NAME_BYTES) for _ in range(count)]
         r.expect_end()
+        for i, name in enumerate(names):
+            problem = check_name(name)
+            if problem is not None:
+                raise BitstreamError(f"section 'names': image {i} has {problem}")
         return names
 
     def info(self, reader: Reader, options=None) -> dict[str, Any]:

@@ -1,25 +1,21 @@
-"""Image classification data for the teacher and the student, and image files for `encode`/`split send`.
+"""Image classification data for the teacher and the student.
 
 A data set is held in memory as uint8 images [N, C, H, W] with integer labels and class names. Sources:
 - "digits": scikit-learn's bundled 8x8 handwritten digits (1,797 images, no network, no ../shared);
 - a .tar.gz of JPEG/PNG files laid out as <anything>/<class name>/<file> (the CIFAR-10 archives);
-- an ImageFolder tree: DIR/<class name>/<image file>.
+- an ImageFolder tree: DIR/<class name>/<image file> (deeper files take the folder they sit in as their class).
+Archives and folders are read by codec/features/collection.py, the reader `encode` and `split` use too.
 """
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from codec.errors import UserError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+from codec.features.collection import Collection, is_archive, read_collection
 
 
 @dataclass
@@ -49,10 +45,8 @@ def load_dataset(spec: str, limit: int | None = None, channels: int | None = Non
     """'digits', a .tar.gz of class folders, or an ImageFolder tree; `limit` keeps a class-balanced prefix."""
     if spec == "digits":
         ds = _digits()
-    elif os.path.isfile(spec) and spec.endswith((".tar.gz", ".tgz", ".tar")):
-        ds = _tar_images(spec, channels)
-    elif os.path.isdir(spec):
-        ds = _folder_images(spec, channels)
+    elif (os.path.isfile(spec) and is_archive(spec)) or os.path.isdir(spec):
+        ds = _labelled(spec, channels)
     elif not os.path.exists(spec):
         raise UserError(f"data {spec!r} not found (use 'digits', a .tar.gz of class folders or an image folder)")
     else:
@@ -89,110 +83,17 @@ def _digits() -> ImageSet:
                     [str(i) for i in range(10)], "digits")
 
 
-def _to_array(img: Image.Image, channels: int | None) -> np.ndarray:
-    if channels is None:
-        channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
-    img = img.convert("L" if channels == 1 else "RGB")
-    a = np.asarray(img, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def _stack(arrays: list[np.ndarray], names: list[str], where: str) -> torch.Tensor:
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        first = arrays[0].shape
-        odd = next(n for a, n in zip(arrays, names) if a.shape != first)
-        raise UserError(f"{where}: images differ in size ({odd} is {arrays[names.index(odd)].shape[1:]}, "
-                        f"{names[0]} is {first[1:]}); resize them to one size first")
-    return torch.from_numpy(np.stack(arrays))
-
-
-def _labelled(files: list[tuple[str, str, bytes | None]], where: str, channels: int | None,
-              opener) -> ImageSet:
-    classes = sorted({c for c, _, _ in files})
-    if not files:
-        raise UserError(f"{where}: no images found under class folders")
+def _labelled(spec: str, channels: int | None) -> ImageSet:
+    """A training set from the shared reader (codec/features/collection.py): the images inside class folders."""
+    found = read_collection(spec)
+    items = [it for it in found.items if it.nested]
+    if not items:
+        raise UserError(f"{spec}: no images found under class folders")
+    classes = sorted({it.folder for it in items})
     index = {c: i for i, c in enumerate(classes)}
-    arrays, labels, names = [], [], []
-    for cls, name, blob in files:
-        try:
-            arrays.append(_to_array(opener(name, blob), channels))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"{where}: cannot read image {name} ({e})") from None
-        if channels is None:
-            channels = arrays[0].shape[0]
-        labels.append(index[cls])
-        names.append(name)
-    return ImageSet(_stack(arrays, names, where), torch.tensor(labels, dtype=torch.long), classes,
-                    os.path.basename(where.rstrip("/")))
-
-
-def _tar_images(path: str, channels: int | None) -> ImageSet:
-    files = []
-    try:
-        with tarfile.open(path) as tar:
-            for m in tar:
-                if not m.isfile() or not m.name.lower().endswith(IMAGE_SUFFIXES):
-                    continue
-                parts = Path(m.name).parts
-                if len(parts) < 2:
-                    continue
-                f = tar.extractfile(m)
-                files.append((parts[-2], m.name, f.read() if f else b""))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{path}: not a readable tar archive ({e})") from None
-    files.sort(key=lambda t: t[1])
-    return _labelled(files, path, channels, lambda name, blob: Image.open(io.BytesIO(blob)))
-
-
-def _folder_images(root: str, channels: int | None) -> ImageSet:
-    files = []
-    for cls in sorted(os.listdir(root)):
-        d = os.path.join(root, cls)
-        if not os.path.isdir(d):
-            continue
-        for fn in sorted(os.listdir(d)):
-            if fn.lower().endswith(IMAGE_SUFFIXES):
-                files.append((cls, os.path.join(d, fn), None))
-    return _labelled(files, root, channels, lambda name, blob: Image.open(name))
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Image paths from files and folders (folders are searched recursively, in sorted order)."""
-    out = []
-    for p in inputs:
-        if os.path.isdir(p):
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames.sort()
-                out += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_SUFFIXES)]
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise UserError(f"input {p} not found")
-    if not out:
-        raise UserError("no image files among the inputs")
-    return out
-
-
-def load_images(paths: list[str], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """Image files as uint8 [N, C, H, W]; a file of another size than the model's is refused, never resized."""
-    arrays = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                if (img.height, img.width) != tuple(size):
-                    raise UserError(f"{p} is {img.width}x{img.height} pixels but the model takes "
-                                    f"{size[1]}x{size[0]} images")
-                arrays.append(_to_array(img, channels))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot read image {p}: {e}") from None
-    return torch.from_numpy(np.stack(arrays))
-
-
-def label_from_path(path: str, classes: list[str]) -> int | None:
-    """The true class when the file sits in a folder named after one (ImageFolder / CIFAR layout), else None."""
-    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return classes.index(parent) if parent in classes else None
+    pixels = Collection(items).pixels(channels)
+    return ImageSet(pixels, torch.tensor([index[it.folder] for it in items], dtype=torch.long), classes,
+                    os.path.basename(spec.rstrip("/")))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

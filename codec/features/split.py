@@ -550,6 +550,33 @@ class Session:
                 "encode ms": mean("encode_ms"), "round trip ms": mean("round_trip_ms"),
                 "server ms": mean("server_ms")}
 
+    def latency(self) -> dict[str, dict[str, float]]:
+        """Per-image milliseconds (p50, p90, p99, mean) of each part: the device's encoding, send to reply (what
+        the device waits for: network and server), the server's decoding and classification as it reports them,
+        and the network alone (send to reply less the server's time)."""
+        parts = {"encoder": [r.encode_ms for r in self.results],
+                 "send_to_reply": [r.round_trip_ms for r in self.results],
+                 "server": [r.server_ms for r in self.results],
+                 "network": [max(r.round_trip_ms - r.server_ms, 0.0) for r in self.results]}
+        return {k: percentiles(v) for k, v in parts.items()}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean())}
+
+
+LATENCY_ROWS = (("encoder", "encoder (device: model + entropy coding)"),
+                ("send_to_reply", "send to reply"),
+                ("server", "server (decode + classify)"),
+                ("network", "network (send to reply - server)"))
+
+
+def latency_rows(latency: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """`Session.latency()` as table rows, one per part, in the order of the pipeline."""
+    return [{"ms per image": label, **latency[key]} for key, label in LATENCY_ROWS if key in latency]
+
 
 LIVE_COLUMNS = (("sent", 6, "d"), ("bytes/image", 12, ".1f"), ("wire bytes/image", 17, ".1f"),
                 ("accuracy", 9, ".2%"), ("encode ms", 10, ".2f"), ("round trip ms", 14, ".2f"),
@@ -567,16 +594,27 @@ def _live_line(row: dict[str, Any] | None) -> str:
 
 
 def run_session(client: SplitClient, images: torch.Tensor, labels: list[int | None], live: bool = True,
-                out=None, every: int | None = None) -> Session:
-    """Send every image, printing a running table (every `every` images and at the end)."""
+                out=None, every: int | None = None, bar: bool = False) -> Session:
+    """Send every image, printing a running table (every `every` images and at the end), or, with `bar`, showing
+    a progress bar on stderr (codec/progress.py) instead."""
+    from codec.progress import progress
+
     out = out or sys.stdout
     session = Session()
     n = images.shape[0]
     every = every or max(1, n // 20)
+    live = live and not bar
     if live:
         print(_live_line(None), file=out, flush=True)
-    for i in range(n):
-        session.add(client.classify(images[i]), labels[i])
-        if live and ((i + 1) % every == 0 or i + 1 == n):
-            print(_live_line(session.row()), file=out, flush=True)
+    payload = 0
+    with progress(total=n, desc="sending", unit="img", disable=None if bar else True) as shown:
+        for i in range(n):
+            result = client.classify(images[i])
+            session.add(result, labels[i])
+            payload += result.payload_bytes
+            if live and ((i + 1) % every == 0 or i + 1 == n):
+                print(_live_line(session.row()), file=out, flush=True)
+            acc = f"{session.correct / session.labelled:.1%}" if session.labelled else "-"
+            shown.set_postfix_str(f"acc {acc}, {payload / (i + 1):.1f} B/img", refresh=False)
+            shown.update(1)
     return session
