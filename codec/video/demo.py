@@ -53,12 +53,10 @@ def _x265_at_bpp(frames, fps, target_bpp: float, out_dir: Path, stem: str) -> di
 
 
 def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "cpu", as_json: bool = False,
-             clip: str = "carphone", size: str | None = "0.1M", frames: int | None = None,
-             batch_size: int = 2, lr: float = 5e-3) -> dict[str, Any]:
+             clip: str = "carphone", size: str | None = "0.1M", frames: int | None = None) -> dict[str, Any]:
     """Encode `clip` with HNeRV in `max_time` seconds of fitting, decode it, compare with x265; returns the rows.
 
-    The learning rate is 5x HNeRV's 1e-3: a fit of a few minutes on a CPU ends long before the paper's 300 epochs,
-    and on carphone a 60 s fit reached 22.4 dB at 5e-3 against 18.1 dB at 1e-3 and 20.5 dB at 1e-2.
+    The fit uses HNeRV's default recipe, ncodec's (docs/INR.md "Recipes"), as `ncodec encode` does.
     """
     from codec import api, registry
     from codec.data import bundled_clip
@@ -75,8 +73,7 @@ def run_demo(out_dir: str = "out/demo", max_time: float = 150.0, device: str = "
 
     say(f"[1/3] fitting HNeRV ({size or 'default size'}) to {src} for up to {max_time:.0f} s on {device} ...")
     codec = registry.get("hnerv")
-    options = codec.Options(device=device, max_frames=frames, max_time=max_time, size=size, batch_size=batch_size,
-                            lr=lr)
+    options = codec.Options(device=device, max_frames=frames, max_time=max_time, size=size)
     enc = api.encode_file(codec, src, ncb, options, overwrite=True)   # the demo rewrites its own folder
 
     say(f"[2/3] decoding {ncb} -> {decoded_path} ...")
