@@ -215,12 +215,15 @@ def split():
                    "dropped. --timeout is the old name.")
 @click.option("--max-clients", type=int, default=64, show_default=True,
               help="Connections served at once; one more gets a 'server busy' refusal and is closed.")
-def serve(model, port, host, device, max_frame, frame_timeout, max_clients):
+@click.option("--child", is_flag=True, hidden=True,
+              help="Print 'ncsplit-ready HOST PORT MODEL_ID' on stdout once listening, and stop when stdin closes "
+                   "(how `split demo` runs its server process).")
+def serve(model, port, host, device, max_frame, frame_timeout, max_clients, child):
     """Run the server half: entropy decoding, the student's decoder and tail (Ctrl-C stops).
 
     Logs one line per connection on stderr: peer, images, bytes in and out, seconds, how it ended."""
     from codec.features.codec import open_student
-    from codec.features.split import SplitServer
+    from codec.features.split import SplitServer, serve_until_stdin_closes
 
     _check_port(port)
     _positive("max-frame", max_frame)
@@ -234,7 +237,10 @@ def serve(model, port, host, device, max_frame, frame_timeout, max_clients):
                f"on {server.host}:{server.port} ({dev}), up to {max_clients} clients, {frame_timeout:g} s per "
                f"frame; Ctrl-C stops", err=True)
     try:
-        server.serve_forever()
+        if child:
+            serve_until_stdin_closes(server, model_id)
+        else:
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
@@ -293,7 +299,8 @@ def send(images, model, host, port, device, limit, every, as_json):
               help="Train the teacher and student in --out again (beta 0.5 unless --beta) instead of the zoo's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON (no live table).")
 def demo(model, images, limit, out_dir, beta, port, device, retrain, as_json):
-    """Run a split server on 127.0.0.1 and send it images: by default held-out digits to the zoo's digits student.
+    """Start a split server process on 127.0.0.1 and send it images from this one: by default held-out digits to
+    the zoo's digits student.
 
     Prints accuracy (when the images sit in folders named after the model's classes), bytes per image and the
     latency percentiles of the device's encoder, the network and the server."""
@@ -376,13 +383,15 @@ def _report_session(summary: dict[str, Any], as_json: bool, title: str) -> None:
 def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: str, retrain: bool,
              as_json: bool, model: str | None = None, path: str | None = None,
              limit: int | None = None) -> dict[str, Any]:
-    """Everything `ncodec split demo` does; the server runs in a thread of this process on a real socket.
+    """Everything `ncodec split demo` does; the server runs in a child process (`_server_command`), the client here.
 
     `path`: the images to send (a folder or an archive, codec/features/collection.py); None: `count` held-out
     digits, written as PNG files into out_dir/images/<class>/."""
+    import torch
+
     from codec.device import pick_device
     from codec.features.codec import open_student
-    from codec.features.split import SplitClient, SplitServer, run_session
+    from codec.features.split import ServerProcess, SplitClient, run_session
 
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     teacher = None
@@ -391,9 +400,9 @@ def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: st
     else:
         teacher, student_path = _demo_models(out_dir, beta, device, retrain, say)
 
-    # two independent loads of the same file: the device half and the server half share nothing in memory
-    server_student, model_id, dev = open_student(student_path, device)
-    client_student, _, _ = open_student(student_path, device)
+    # the device half's load here, the server's in its own process: a bad model or bad images are one line before
+    # any process starts
+    client_student, model_id, dev = open_student(student_path, device)
     extra: dict[str, Any] = {}
     if path is not None:
         found, pixels, labels = _read_for(client_student, [path], limit)
@@ -405,17 +414,31 @@ def run_demo(out_dir: str, count: int, beta: float | None, port: int, device: st
         if teacher is not None:
             extra["teacher_accuracy"] = _teacher_accuracy(teacher, held, device)
         extra["png_bytes_per_image"] = found.file_bytes() / len(found)
-    with SplitServer(server_student, model_id, dev, port=port) as server:
-        say(f"server: student {model_id} on {server.host}:{server.port}; sending {what}")
+    # the server's CPU threads: the client's own budget (thread_limit in `demo`), not every core
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    with ServerProcess(_server_command(student_path, port, device), env=env) as server:
+        say(f"server: student {server.model_id} on {server.host}:{server.port} (process {server.proc.pid}); "
+            f"sending {what}")
         with SplitClient(client_student, model_id, dev, server.host, server.port) as client:
             session = run_session(client, pixels, labels, live=not as_json and path is None, bar=path is not None)
-        port_used = server.port
     c, h, w = client_student.image_shape
-    summary = {"server": f"127.0.0.1:{port_used}", "model_id": model_id, "student": student_path}
+    summary = {"server": f"{server.host}:{server.port}", "model_id": model_id, "student": student_path}
     if path is not None:
         summary["images_from"] = path
     return {**summary, **_session_summary(session, found), **extra, "raw_bytes_per_image": c * h * w,
             "device": str(pick_device(device))}
+
+
+# runs cli.main from the folder this process imported it from: the current folder, which Python puts first on the
+# path, may hold another package named `cli`
+_CHILD_CODE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from cli.main import main; sys.exit(main())"
+
+
+def _server_command(model: str, port: int, device: str) -> list[str]:
+    """The demo's server process: `ncodec split serve --child` on 127.0.0.1, with this interpreter and source."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-c", _CHILD_CODE, root, "split", "serve", "--model", model, "--port", str(port),
+            "--host", "127.0.0.1", "--device", device, "--child"]
 
 
 def _demo_models(out_dir: str, beta: float | None, device: str, retrain: bool, say):

@@ -6,6 +6,8 @@ Uses the zoo's digits-student (loads in a moment, nothing is trained)."""
 import io
 import json
 import os
+import socket
+import sys
 import tarfile
 
 import numpy as np
@@ -22,6 +24,7 @@ from codec.features import collection as C
 from codec.features import model_file
 from codec.features import train as T
 from codec.features.data import load_dataset, split_holdout
+from codec.features import split as S
 from codec.features.split import SplitServer
 
 CPU = torch.device("cpu")
@@ -108,6 +111,93 @@ def test_demo_limit_takes_every_class_and_folders_not_named_after_classes_leave_
     code, out, err = run(capsys, "split", "demo", "--images", pets, "--device", "cpu", "--json")
     s = json.loads(out)
     assert s["images"] == 4 and s["labelled"] == 0 and s["accuracy"] is None
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """Every server process the demo starts, kept to check afterwards."""
+    started = []
+
+    class Recording(S.ServerProcess):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(S, "ServerProcess", Recording)
+    return started
+
+
+def test_demo_serves_from_a_child_process_that_is_reaped_after_success_error_and_ctrl_c(capsys, digits, children,
+                                                                                         monkeypatch):
+    folder, _, _ = digits
+    args = ["split", "demo", "--model", STUDENT, "--images", folder, "--limit", "3", "--device", "cpu", "--json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    (child,) = children
+    assert child.proc.pid != os.getpid() and child.proc.returncode == 0        # stopped by closing its stdin
+    s = json.loads(out)
+    assert s["server"] == f"127.0.0.1:{child.port}" and s["images"] == 3 and s["latency_ms"]["server"]["p50"] > 0
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "run_session", interrupted)
+    code, _, err = run(capsys, *args)
+    assert code == 130 and err.strip() == "ncodec: interrupted", err
+    assert len(children) == 2 and children[1].proc.returncode == 0
+
+
+def test_closing_the_childs_stdin_stops_it():
+    """What happens when the demo dies without cleaning up (SIGKILL): the kernel closes the pipe."""
+    from cli.student import _server_command
+
+    with S.ServerProcess(_server_command(STUDENT, 0, "cpu")) as server:
+        student, model_id = model_file.load_student(STUDENT)
+        assert server.model_id == model_id
+        with S.SplitClient(student, model_id, CPU, server.host, server.port) as c:
+            c.classify(torch.zeros(1, 8, 8, dtype=torch.uint8))
+        server.proc.stdin.close()
+        assert server.proc.wait(timeout=60) == 0
+
+
+def test_demo_on_a_port_in_use_is_one_line(capsys, digits, children):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        code, _, err = run(capsys, "split", "demo", "--images", digits[0], "--port", holder.getsockname()[1],
+                           "--device", "cpu")
+    finally:
+        holder.close()
+    assert_one_line_error(code, err, "the split server did not start: port")
+    assert "already in use" in err and children[0].proc.returncode == 2
+
+
+@pytest.mark.parametrize("script, code, fragment", [
+    # the user's or the machine's doing: exit 2
+    ("import sys; print('ncodec: error: no such device', file=sys.stderr); sys.exit(2)", 2,
+     "ncodec: error: the split server did not start: no such device"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 2,
+     "ncodec: error: the split server process was killed by signal 9 before it listened"),
+    ("import time; print('hello'); time.sleep(60)", 2,
+     "ncodec: error: the split server process did not start within 1 s"),
+    # a crash: exit 1, as an internal error
+    ("import sys; sys.exit(3)", 1, "ServerStartError: the split server process exited with code 3 before it listened"),
+    ("import sys; print('ncodec: internal error (a bug): X', file=sys.stderr); sys.exit(1)", 1,
+     "exited with code 1 before it listened (internal error (a bug): X)"),
+])
+def test_a_server_process_that_does_not_start_is_one_line(capsys, digits, children, monkeypatch, script, code,
+                                                          fragment):
+    import cli.student
+
+    monkeypatch.setattr(cli.student, "_server_command", lambda *a: [sys.executable, "-c", script])
+    monkeypatch.setattr(S, "DEFAULT_START_TIMEOUT", 1.0)
+    monkeypatch.setattr(S, "STOP_GRACE", 1.0)                  # the sleeper ignores its stdin: SIGTERM ends it
+    got, out, err = run(capsys, "split", "demo", "--images", digits[0], "--device", "cpu", "--json")
+    lines = err.strip().splitlines()
+    assert got == code and out == "" and len(lines) == 1 and lines[0].startswith("ncodec: "), err
+    assert fragment in lines[0], lines[0]
+    assert children[0].proc.returncode is not None                # reaped
 
 
 def test_send_takes_a_folder_and_a_tar(capsys, digits):

@@ -18,16 +18,22 @@ is dropped. At most `max_clients` connections are served at once, each by its ow
 gets the ordinary error reply "server busy: ..." straight away (today's clients print it) and is closed, from the
 accepting thread, without a thread of its own. Every connection ends with one log line: peer, images, bytes in and
 out, seconds, and how it ended.
+
+`ServerProcess` runs a server in a child process (`ncodec split demo`): the child prints `READY host port model_id`
+on stdout once it listens and serves until its stdin closes, which happens however the parent ends.
 """
 from __future__ import annotations
 
 import errno
+import queue
 import selectors
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -433,6 +439,147 @@ def bind_listener(host: str, port: int, backlog: int = 64) -> socket.socket:
             raise UserError(f"port {port} on {host} is already in use") from None
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server half in a child process
+
+
+READY = "ncsplit-ready"              # the child's stdout line once it listens: READY host port model_id
+DEFAULT_START_TIMEOUT = 120.0        # seconds for a child to import torch, load the model and listen
+STOP_GRACE = 10.0                    # seconds a serving child gets to stop after its stdin closes, then SIGTERM
+                                     # gets, then SIGKILL
+
+
+class ServerStartError(RuntimeError):
+    """The server's child process failed before it listened with an exit code that means a bug (the CLI reports
+    it as an internal error, exit 1)."""
+
+
+def serve_until_stdin_closes(server: SplitServer, model_id: str, stdin=None, stdout=None) -> None:
+    """The child's side of `ServerProcess`: serve in a thread, announce the address, return when stdin closes."""
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout
+    server.start()
+    print(f"{READY} {server.host} {server.port} {model_id}", file=stdout, flush=True)
+    # the parent never writes: end of file means it closed the pipe or died (the kernel closes it then), so a
+    # parent killed outright still leaves no server behind
+    while stdin.read(4096):
+        pass
+
+
+class ServerProcess:
+    """A split server in a child process (`argv` runs `serve_until_stdin_closes`), so that client and server share
+    no interpreter and no interpreter lock. The context waits for the child's address, then always stops and reaps
+    it, whether the block ends normally, with an error or with Ctrl-C.
+
+    A child that cannot be started, does not listen in time, is killed, or exits with code 2 (it said why on its
+    stderr in one `ncodec: error: ...` line) is a UserError; one that exits with another code is a
+    ServerStartError."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, start_timeout: float | None = None):
+        self.argv, self.env = list(argv), env
+        self.start_timeout = DEFAULT_START_TIMEOUT if start_timeout is None else start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.host, self.port, self.model_id = "", 0, ""
+        self._stdout: queue.Queue = queue.Queue()
+        self._stderr: deque[str] = deque(maxlen=50)      # the last lines, to say why a child failed
+        self._readers: dict[str, threading.Thread] = {}
+
+    def __enter__(self) -> "ServerProcess":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            # a session of its own: Ctrl-C reaches the parent alone, which then stops the child in order
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=self.env, start_new_session=True)
+        except OSError as e:
+            raise UserError(f"cannot start the split server process: {e.strerror or e}") from None
+        # both pipes are always drained, so that a child that logs a lot never blocks on a full pipe
+        for name, pipe, sink, end in (("stdout", self.proc.stdout, self._stdout.put, True),
+                                      ("stderr", self.proc.stderr, self._stderr.append, False)):
+            t = threading.Thread(target=_pump, args=(pipe, sink, end), daemon=True, name=f"split-child-{name}")
+            t.start()
+            self._readers[name] = t
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UserError(f"the split server process did not start within {self.start_timeout:g} s")
+            try:
+                line = self._stdout.get(timeout=min(left, 0.5))     # short waits: Ctrl-C is noticed at once
+            except queue.Empty:
+                continue
+            if line is None:                              # stdout closed: the child ended without listening
+                self._failed()
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == READY and parts[2].isdigit():
+                self.host, self.port, self.model_id = parts[1], int(parts[2]), parts[3]
+                return
+
+    def _failed(self) -> None:
+        try:
+            rc = self.proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self._readers["stderr"].join(timeout=STOP_GRACE)  # the rest of what it said
+        said = next((ln for ln in reversed(list(self._stderr)) if ln.startswith("ncodec: ")), "")
+        if rc == 2 and said.startswith("ncodec: error: "):
+            raise UserError(f"the split server did not start: {said[len('ncodec: error: '):]}")
+        if rc is None or rc < 0:            # the machine's doing (out of memory, a kill), not a bug of ncodec's
+            how = "closed its output" if rc is None else f"was killed by signal {-rc}"
+            raise UserError(f"the split server process {how} before it listened")
+        raise ServerStartError(f"the split server process exited with code {rc} before it listened"
+                               + (f" ({said[len('ncodec: '):]})" if said else ""))
+
+    def stop(self) -> None:
+        """Close the child's stdin (it stops serving and exits), then SIGTERM, then SIGKILL; it is always reaped."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            try:
+                proc.stdin.close()
+            except OSError:                                # a child already gone: nothing to tell
+                pass
+            # a child that is not serving yet reads no stdin (it is still loading): SIGTERM at once
+            steps = (None, proc.terminate, proc.kill) if self.port else (proc.terminate, proc.kill)
+            for step in steps:
+                if step is not None:
+                    step()
+                try:
+                    proc.wait(timeout=STOP_GRACE)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            if proc.returncode is None:                    # interrupted while waiting (a second Ctrl-C)
+                proc.kill()
+                proc.wait()
+            for name, t in self._readers.items():
+                t.join(timeout=STOP_GRACE)
+                if not t.is_alive():                       # (a pipe still being read cannot be closed safely)
+                    getattr(proc, name).close()
+
+
+def _pump(pipe, sink: Callable[[Any], None], end: bool) -> None:
+    """Each line of a child's pipe to `sink`, then (with `end`) None when the pipe closes."""
+    try:
+        for raw in iter(pipe.readline, b""):
+            sink(raw.decode("utf-8", "replace").rstrip("\r\n"))
+    except (OSError, ValueError):                          # the pipe broke or was closed
+        pass
+    if end:
+        sink(None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
