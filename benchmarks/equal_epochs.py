@@ -58,7 +58,7 @@ CLIPS = {  # name -> (bundled clip, centre crop, box factor)
     "carphone": ("carphone", None, 1),
     "bikes": ("bikes", None, 2),
 }
-X265_CRFS = (23, 28, 33, 38, 43, 48, 51)    # up to 51: INR points at a few epochs sit far below crf 38
+X265_CRFS = (8, 13, 18, 23, 28, 33, 38, 43, 48, 51)   # 8..51: INR points span 0.05 to 1 bpp and 18 to 35 dB
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def run_together(tasks: list[dict], group: int) -> list[dict]:
         stdout, stderr = p.communicate()
         lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
         row = json.loads(lines[-1][7:]) if lines else {"error": (stderr.strip().splitlines() or ["?"])[-1]}
-        out.append({**{k: t[k] for k in ("clip", "size", "epochs", "seed", "recipe")}, "group": group, **row})
+        out.append({**{k: t[k] for k in ("clip", "size", "epochs", "seed", "recipe", "frames")}, "group": group, **row})
     return out
 
 
@@ -334,11 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--official-pythonpath", default=None, metavar="DIR", help="where its dependencies are")
     ap.add_argument("--no-x265", action="store_true")
     ap.add_argument("--out", default="results/equal_epochs")
+    ap.add_argument("--from", dest="from_json", default=None, metavar="JSON",
+                    help="analyse the runs of an earlier equal_epochs.json again (tables, curves, BD, plots; x265 "
+                         "re-encoded unless --no-x265) without fitting")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
     meta = run_meta("benchmarks.equal_epochs", argv)
+    if args.from_json:
+        return reanalyse(Path(args.from_json), Path(args.out), meta, x265=not args.no_x265)
     recipes = [r for r in args.recipes.split(",") if r]
     clips = [c for c in args.clips.split(",") if c]
     sizes = [s for s in args.sizes.split(",") if s]
@@ -379,6 +384,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  (group of {len(group)} in {time.perf_counter() - t0:.0f} s)", flush=True)
                     runs += done
 
+    analyse(runs, recipes, clips, sizes, epochs, x265, out, meta)
+    return 0
+
+
+def reanalyse(path: Path, out: Path, meta: dict, x265: bool) -> int:
+    """--from: the runs of an earlier result, analysed again; its meta is kept (the runs were measured there)."""
+    try:
+        old = json.loads(path.read_text())
+        runs, clips = old["runs"], list(old["clips"].values())
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"--from {path}: not an equal_epochs.json ({e})") from None
+    ok = [r for r in runs if "error" not in r]
+    recipes = list(dict.fromkeys(r["recipe"] for r in runs if r["recipe"] != OFFICIAL))
+    sizes = sorted({r["size"] for r in ok}, key=float)
+    epochs = sorted({r["epochs"] for r in ok})
+    curves = {}
+    for clip in clips if x265 else []:
+        frames, fps = load_clip(clip, max(r.get("frames", 32) for r in runs))
+        curves[clip] = x265_curve(frames, fps)
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    analyse(runs, recipes, clips, sizes, epochs, curves, out, {**old["meta"], "reanalysed": meta})
+    return 0
+
+
+def bd_both(anchor: dict, test: dict) -> dict:
+    """BD-rate and BD-PSNR of one curve against another, each where the curves overlap (rate or quality range)."""
+    from benchmarks.bdrate import bd_psnr, bd_rate, rd_points
+
+    ra, qa = rd_points(anchor, "psnr-rgb", "anchor")
+    rt, qt = rd_points(test, "psnr-rgb", "test")
+    out = {}
+    for key, fn in (("bd_rate_%", bd_rate), ("bd_psnr_db", bd_psnr)):
+        try:
+            out[key] = fn(ra, qa, rt, qt)
+        except UserError as e:
+            out[key.replace("bd_", "no_")] = str(e)
+    return out
+
+
+def analyse(runs: list[dict], recipes: list[str], clips: list[str], sizes: list[str], epochs: list[int],
+            x265: dict[str, dict], out: Path, meta: dict) -> None:
+    """The summary table, curves, BD-rates and plots of a set of runs; writes <out>/equal_epochs.json."""
     baseline = recipes[0]
     rows = summarise(runs, baseline)
     table = [{"clip": clip_label(r["clip"]), "size": f"{float(r['size']) / 1e6:.3g}M", "epochs": r["epochs"],
@@ -390,8 +437,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(table, title=f"HNeRV recipes at equal epochs ({machine_line(meta)}; one thread per run)")
 
     # RD curves per clip and epochs, BD-rates against today's recipe and x265 medium
-    from benchmarks.bdrate import bd_of
-
     bd: list[dict] = []
     files_written = []
     for clip in clips:
@@ -411,12 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 paths["x265"] = (path, x265[clip])
             new = recipes[1:]
             for recipe in new:
-                for anchor in (baseline, "x265"):
+                for anchor in (baseline, OFFICIAL, "x265"):
                     if recipe in paths and anchor in paths:
-                        try:
-                            b = bd_of(paths[anchor][1], paths[recipe][1])
-                        except UserError as e:
-                            b = {"note": str(e)}
+                        b = bd_both(paths[anchor][1], paths[recipe][1])
                         bd.append({"clip": clip_label(clip), "epochs": ep, "test": recipe, "anchor": anchor, **b})
             if len(sizes) >= 3 and baseline in paths:
                 from benchmarks.plot import plot_rd
@@ -428,13 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 files_written.append(str(png))
     if bd:
         print_table([{"clip": b["clip"], "epochs": b["epochs"], "test": b["test"], "anchor": b["anchor"],
-                      "BD-rate": f"{b['bd_rate_%']:+.1f}%" if "bd_rate_%" in b else b.get("note", "")}
-                     for b in bd], title="BD-rate (negative: fewer bits at equal PSNR)")
+                      "BD-rate": f"{b['bd_rate_%']:+.1f}%" if "bd_rate_%" in b else "no common PSNR range",
+                      "BD-PSNR": f"{b['bd_psnr_db']:+.2f} dB" if "bd_psnr_db" in b else "no common bpp range"}
+                     for b in bd], title="BD-rate (negative: fewer bits at equal PSNR) and BD-PSNR (positive: more dB "
+                                         "at equal bpp)")
     result = {"meta": meta, "clips": {clip_label(c): c for c in clips}, "runs": runs, "summary": rows, "bd-rate": bd,
               "x265": {clip_label(c): v for c, v in x265.items()}, "plots": files_written}
     write_json(out / "equal_epochs.json", result)
     print(out / "equal_epochs.json")
-    return 0
 
 
 if __name__ == "__main__":
