@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from bitstream.errors import BitstreamError
-from codec.errors import UserError
+from codec.errors import UnverifiedOutputWarning, UserError
 
 EXIT_USAGE = 2
 
@@ -605,7 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     handler = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm) if handler else None
     try:
-        cli.main(args=args, prog_name="ncodec", standalone_mode=False, obj={"argv": args})
+        with warnings.catch_warnings():       # a warning is one line too, never a file:line and a source line
+            warnings.showwarning = _show_warning
+            warnings.simplefilter("always", UnverifiedOutputWarning)
+            cli.main(args=args, prog_name="ncodec", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort as e:            # click's form of KeyboardInterrupt (and of EOF at a prompt)
@@ -653,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
         if handler:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"ncodec: warning: {_one_line(str(message))}", err=True)
 
 
 def _sigterm(signum, frame) -> None:

@@ -52,6 +52,16 @@ class Bounds:
     batch_bytes: int = 0       # one decode batch's activations, on the decode device (host memory on a CPU)
 
 
+# --max-memory caps the decoding process, so it counts what the process holds before it reads a file: Python, torch
+# and ncodec's modules and the first calls' library state. Measured on a 2-core x86 CPU with torch 2.14: 511-545 MB
+# resident after the imports, and 15-25 MB more after the first tiny decode.
+RUNTIME_BYTES = 576 << 20
+# Operators allocate beside the activations that a config's arithmetic counts (oneDNN's layout copies and channel
+# padding, GELU and interpolation temporaries): a CPU decode's peak growth measured 0.9-1.5 times that count over
+# NeRV, HNeRV, NeRV++ and NIRVANA frames from 1024x48 to 32032x48 (NeRV++ the highest), so a batch counts twice.
+WORKSPACE_FACTOR = 2
+
+
 @dataclass
 class Encoded:
     """What `Codec.encode` returns: the file's sections, and what the encoder measured (no printing)."""
@@ -88,8 +98,11 @@ class Codec:
     def open(self, reader: Reader, options: Options) -> Any:
         """The file's decoded form (a network ready to render, pixels, latents), after `check` and the bounds."""
         self.check(reader)
-        self.check_bounds(reader, options)
-        return self.load(reader, options)
+        bounds = self.check_bounds(reader, options)
+        decoded = self.load(reader, options)
+        with contextlib.suppress(AttributeError):      # what `array` adds its output to (VideoCodec.array)
+            decoded.decode_bounds = bounds
+        return decoded
 
     def check(self, reader: Reader) -> None:
         """Every check a file passes before a codec reads its sections: the one place versions are checked.
@@ -136,30 +149,42 @@ class Codec:
         return {}
 
 
-def enforce_bounds(name: str, b: Bounds, options: Options, decode: bool = True) -> None:
+def enforce_bounds(name: str, b: Bounds, options: Options, decode: bool = True, output_bytes: int = 0) -> None:
     """Refuse (BitstreamError) a file whose network is over MAX_PARAMETERS or whose decode needs more memory than
-    --max-memory allows. The decode batch's activations count against the host cap on a CPU and against the
-    device's own memory on a GPU."""
+    --max-memory allows: the runtime (RUNTIME_BYTES), the codec's bounds, and `output_bytes` that the caller keeps
+    (an array of decoded frames). The decode batch's activations (times WORKSPACE_FACTOR) count against the host
+    cap on a CPU and against the device's own memory on a GPU."""
     if b.parameters > MAX_PARAMETERS:
         raise BitstreamError(f"this {name} file describes a network of {b.parameters:,} values, over the limit of "
                              f"{MAX_PARAMETERS:,} (2^28): refused before allocating")
     cap = options.memory_cap()
     device = _device(options) if decode and b.batch_bytes else None
     on_host = device is not None and device.type == "cpu"
-    need = ((b.decode_bytes or b.open_bytes) if decode else b.open_bytes) + (b.batch_bytes if on_host else 0)
+    batch = WORKSPACE_FACTOR * b.batch_bytes
+    need = decode_need(b, on_host, decode, output_bytes)
     if need > cap:
         hint = " (or a smaller --batch-size)" if on_host else ""
+        if output_bytes:
+            hint += f" (or fewer --frames: the decoded frames take {format_bytes(output_bytes)})"
         raise BitstreamError(f"this {name} file needs about {format_bytes(need)} of memory to "
-                             f"{'decode' if decode else 'open'}, over the {format_bytes(cap)} cap: refused before "
-                             f"allocating; --max-memory {_round_up(need)} allows it if you trust the file{hint}")
+                             f"{'decode' if decode else 'open'} (ncodec and torch included), over the "
+                             f"{format_bytes(cap)} cap: refused before allocating; --max-memory {_round_up(need)} "
+                             f"allows it if you trust the file{hint}")
     if device is not None and device.type == "cuda":
         import torch
 
         total = torch.cuda.get_device_properties(device).total_memory
-        if b.batch_bytes + 4 * b.parameters > total:
-            raise BitstreamError(f"this {name} file needs about {format_bytes(b.batch_bytes + 4 * b.parameters)} "
+        if batch + 4 * b.parameters > total:
+            raise BitstreamError(f"this {name} file needs about {format_bytes(batch + 4 * b.parameters)} "
                                  f"of {device} memory per decode batch, which has {format_bytes(total)}: "
                                  f"refused before allocating; try --batch-size 1 or --device cpu")
+
+
+def decode_need(b: Bounds, on_host: bool, decode: bool = True, output_bytes: int = 0) -> int:
+    """Host memory (bytes) a process decoding (or, decode=False, opening) a file of bounds `b` peaks at: what
+    enforce_bounds compares with --max-memory. `on_host`: the decode batch runs on the CPU."""
+    held = (b.decode_bytes or b.open_bytes) if decode else b.open_bytes
+    return RUNTIME_BYTES + held + (WORKSPACE_FACTOR * b.batch_bytes if on_host and decode else 0) + output_bytes
 
 
 def check_size(name: str, size: float, options: Options, bounds_for: Callable[[float], Bounds],
@@ -494,8 +519,21 @@ class VideoCodec(Codec):
             yield batch
 
     def array(self, decoded: Any, options: Options) -> np.ndarray:
+        """Frames A:B (--frames) in one array, allocated once and checked with the decode's bounds under the cap
+        first (unlike a file output, an array keeps every frame)."""
         a, b = parse_frame_range(getattr(options, "frames", None), decoded.num_frames)
-        return np.concatenate(list(self.frames(decoded, a, b, getattr(options, "batch_size", None))))
+        # int(): a config's JSON `true` passes as 1 (the header's 1 equals it), which no array shape takes
+        shape = (b - a, int(decoded.height), int(decoded.width), 3)
+        bounds = getattr(decoded, "decode_bounds", None) or Bounds(0, 0)   # --segment: parts check their own
+        enforce_bounds(self.name, bounds, options, output_bytes=math.prod(shape))
+        out = np.empty(shape, np.uint8)
+        pos = 0
+        for batch in self.frames(decoded, a, b, getattr(options, "batch_size", None)):
+            out[pos:pos + batch.shape[0]] = batch
+            pos += batch.shape[0]
+        if pos != b - a:
+            raise RuntimeError(f"{self.name} rendered {pos} frames for {a}:{b}")
+        return out
 
     def save(self, decoded: Any, output: str | None, options: Options) -> dict[str, Any]:
         from codec.device import device_name

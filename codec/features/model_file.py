@@ -126,6 +126,7 @@ def load_teacher(path: str):
     if path.endswith((".th", ".pth", ".pt", ".tar")) or head[:2] == b"PK":   # torch's zip checkpoints start PK
         return load_pretrained_resnet(path)
     mf = load(path, expect="teacher")
+    teacher_cost(mf.config, sum(t.numel() for t in mf.tensors.values()), path)     # before anything is built
     teacher = CifarResNet(mf.config)
     _load_strict(teacher, mf.tensors, path)
     return teacher
@@ -161,6 +162,37 @@ class StudentCost:
     latent_shape: tuple[int, int, int]
     image_size: int
     widest: int                     # the widest feature map's channels (classification activations)
+
+
+def teacher_cost(config: Any, stored: int, path: str | os.PathLike = "teacher model") -> int:
+    """The values of the network CifarResNet(config) builds, from the config alone, checked: its fields within
+    range, and no more values than the `stored` ones the file holds (loading needs every one). A UserError
+    otherwise, so that a small file cannot ask for a huge network."""
+    from codec.features.teacher import STAGES
+
+    bad = f"{path}: the teacher config is out of range"
+    try:
+        ints = {k: config[k] for k in TEACHER_LIMITS}
+        widths, stats = list(config["widths"]), list(config["mean"]) + list(config["std"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(bad) from None
+    if not (all(type(v) is int and lo <= v <= hi for (k, v), (lo, hi) in zip(ints.items(), TEACHER_LIMITS.values()))
+            and len(widths) == len(STAGES) and all(type(v) is int and 1 <= v <= MAX_WIDTH for v in widths)
+            and len(stats) == 2 * ints["in_channels"]
+            and all(type(v) in (int, float) and math.isfinite(v) for v in stats)
+            and all(v != 0 for v in stats[ints["in_channels"]:])):
+        raise UserError(bad)
+    # convolutions, and four values per channel of each batch norm (weight, bias, running mean and variance)
+    blocks, p_in = ints["blocks"], widths[0]
+    values = 9 * ints["in_channels"] * p_in + 4 * p_in
+    for p in widths:
+        for _ in range(blocks):
+            values += 9 * p_in * p + 9 * p * p + 8 * p
+            p_in = p
+    values += (p_in + 1) * ints["num_classes"]
+    if values > stored:
+        raise UserError(f"{path}: its config describes {values:,} weights but the file stores {stored:,} values")
+    return values
 
 
 def student_cost(config: Any, stored: int, path: str | os.PathLike = "student model") -> StudentCost:

@@ -182,6 +182,10 @@ def load_pretrained_resnet(path: str, classes: list[str] | None = None) -> Cifar
            "mean": list(IMAGENET_MEAN) if c_in == 3 else [0.5], "std": list(IMAGENET_STD) if c_in == 3 else [0.5],
            "classes": list(classes) if classes else (CIFAR10_CLASSES if n_cls == 10 and c_in == 3
                                                      else [str(i) for i in range(n_cls)])}
+    from codec.features.model_file import teacher_cost
+
+    # the block count comes from the keys' names: bounded, and held to the values stored, before anything is built
+    teacher_cost(cfg, sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor)), path)
     model = CifarResNet(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # the published weights predate BatchNorm's num_batches_tracked counter; anything else missing is an error

@@ -21,7 +21,7 @@ import torch.nn as nn
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, read_json
-from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, header_fps, phase, video_header
+from codec.base import Bounds, DecodedVideo, Encoded, Job, VideoCodec, check_size, decode_need, header_fps, phase, video_header
 from codec.device import accel_for, cpu_thread_limit, device_name, pick_device, seed_everything, to_channels_last
 from codec.errors import UserError
 from codec.fit import FitConfig, fit, frames_to_device
@@ -486,7 +486,7 @@ class INRVideoCodec(VideoCodec):
             return {"model": f"unreadable ({e})"}
         c = loaded.cfg
         out = {"model": self.name, "decoder_params": loaded.params,
-               "decode_memory": format_bytes(bounds.decode_bytes + bounds.batch_bytes), "fc_dim": c.fc_dim,
+               "decode_memory": format_bytes(decode_need(bounds, on_host=True)), "fc_dim": c.fc_dim,
                "strides": ",".join(map(str, c.strides)), "grid": f"{c.grid_h}x{c.grid_w}",
                "widths": ",".join(map(str, c.widths())), "weight_bits": loaded.weight_bits,
                "bpp": reader.file_size * 8 / (c.frames * c.height * c.width)}

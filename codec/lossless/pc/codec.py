@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
 from bitstream.serial import ByteReader, ByteWriter
 from codec.base import Bounds, Codec, Encoded, Job
-from codec.errors import UserError
+from codec.errors import UnverifiedOutputWarning, UserError
 from codec.lossless.pc import coding
 from codec.lossless.pc.images import ImageSet, images_from_array, read_images, write_images
 from codec.lossless.pc.model_file import PCModel, load_model, peek
@@ -68,6 +69,7 @@ class DecodedImages:
     squeeze: bool                 # the input was N x H x W: arrays and .npy outputs come back that way
     device: str
     seconds: float
+    verified: bool = True         # False: the file has no pixels_sha256 (before version 3), nothing checked them
 
 
 def pixels_digest(pixels: np.ndarray) -> bytes:
@@ -215,7 +217,11 @@ class PCCodec(Codec):
         if digest is not None and pixels_digest(pixels) != digest:
             raise BitstreamError("section 'pixels' decodes to images whose SHA-256 differs from the header's "
                                  "pixels_sha256: the file is damaged")
-        return DecodedImages(pixels, names, bool(hdr["squeeze"]), str(device), time.perf_counter() - t0)
+        if digest is None:      # older files decode as before, but a damaged payload would go unnoticed: say so
+            warnings.warn(f"this pc file (version {reader.codec_version}) carries no pixel digest; its output "
+                          f"cannot be verified", UnverifiedOutputWarning, stacklevel=2)
+        return DecodedImages(pixels, names, bool(hdr["squeeze"]), str(device), time.perf_counter() - t0,
+                             verified=digest is not None)
 
     def array(self, decoded: DecodedImages, options: PCDecodeOptions) -> np.ndarray:
         """uint8 [N, H, W] when the file says its input was (squeeze), else [N, H, W, C]."""
