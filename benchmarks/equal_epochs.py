@@ -47,6 +47,7 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks import side_by_side
 from benchmarks.meta import machine_line, run_meta
 from codec.errors import UserError
 from codec.progress import print_table, write_json
@@ -234,16 +235,7 @@ def run_official(task: dict) -> dict:
 
 
 def worker(task: dict) -> int:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ["NCODEC_THREADS"] = "1"
-    try:
-        row = run_official(task) if task["recipe"] == OFFICIAL else run_ncodec(task)
-    except UserError as e:
-        row = {"error": str(e)}
-    print("RESULT " + json.dumps(row), flush=True)
-    return 0
+    return side_by_side.worker(lambda t: run_official(t) if t["recipe"] == OFFICIAL else run_ncodec(t), task)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,18 +243,9 @@ def worker(task: dict) -> int:
 
 
 def run_together(tasks: list[dict], group: int) -> list[dict]:
-    """Run tasks as worker processes at the same moment, each with one thread."""
-    env = {**os.environ, "NCODEC_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    procs = [(t, subprocess.Popen([sys.executable, "-m", "benchmarks.equal_epochs", "--worker", json.dumps(t)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-             for t in tasks]
-    out = []
-    for t, p in procs:
-        stdout, stderr = p.communicate()
-        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-        row = json.loads(lines[-1][7:]) if lines else {"error": (stderr.strip().splitlines() or ["?"])[-1]}
-        out.append({**{k: t[k] for k in ("clip", "size", "epochs", "seed", "recipe", "frames")}, "group": group, **row})
-    return out
+    """The tasks as worker processes started at the same moment, one torch thread each."""
+    return side_by_side.run_together("benchmarks.equal_epochs", tasks, group,
+                                     ("clip", "size", "epochs", "seed", "recipe", "frames"))
 
 
 def run_group(tasks: list[dict], jobs: int, first_group: int = 0) -> list[dict]:

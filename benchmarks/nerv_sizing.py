@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks import side_by_side
 from benchmarks.equal_epochs import clip_label, load_clip
 from benchmarks.meta import machine_line, run_meta
 from codec.errors import UserError
@@ -159,31 +158,13 @@ def run_one(task: dict) -> dict:
 
 
 def worker(task: dict) -> int:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ["NCODEC_THREADS"] = "1"
-    try:
-        row = run_one(task)
-    except UserError as e:
-        row = {"error": str(e)}
-    print("RESULT " + json.dumps(row), flush=True)
-    return 0
+    return side_by_side.worker(run_one, task)
 
 
 def run_together(tasks: list[dict], group: int) -> list[dict]:
     """The tasks as worker processes started at the same moment, one torch thread each."""
-    env = {**os.environ, "NCODEC_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    procs = [(t, subprocess.Popen([sys.executable, "-m", "benchmarks.nerv_sizing", "--worker", json.dumps(t)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-             for t in tasks]
-    out = []
-    for t, p in procs:
-        stdout, stderr = p.communicate()
-        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-        row = json.loads(lines[-1][7:]) if lines else {"error": (stderr.strip().splitlines() or ["?"])[-1]}
-        out.append({**{k: t[k] for k in ("clip", "size", "epochs", "seed", "rule")}, "group": group, **row})
-    return out
+    return side_by_side.run_together("benchmarks.nerv_sizing", tasks, group,
+                                     ("clip", "size", "epochs", "seed", "rule"))
 
 
 def summarise(runs: list[dict], baseline: str) -> list[dict]:

@@ -18,10 +18,10 @@ import pytest
 
 from bitstream.container import DIGEST_SECTION, Reader, Writer
 from bitstream.errors import BitstreamError
-from cli.main import main
 from codec import registry
 from codec.errors import UserError
 from codec.options import DEFAULT_MAX_MEMORY, MAX_PARAMETERS, Options, parse_memory
+from tests.cli_helpers import run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VIDEO = ["nerv", "hnerv", "nervpp", "nirvana", "pfnr"]
@@ -49,13 +49,6 @@ def rewrite(src: Path | bytes, dst: Path, config: dict | None = None, edit: dict
         w.add_section(DIGEST_SECTION, sealed, required=False)
     w.write(dst)
     return dst
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(code: int, err: str) -> str:

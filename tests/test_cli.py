@@ -7,20 +7,7 @@ import pytest
 
 from bitstream.container import Writer
 from cli.main import main
-
-
-def run(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ncodec: ")
-    assert "Traceback" not in err
+from tests.cli_helpers import assert_one_line_error, run
 
 
 @pytest.fixture

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 
 from bitstream.container import Reader, Writer
-from cli.main import _report, main
+from cli.main import _report
 from codec.errors import UserError
 from codec.video import metrics
 from codec.video.io import center_crop, read_video, write_video
+from tests.cli_helpers import run
 from tests.videos import moving_gradients
 
 ROOT = Path(__file__).resolve().parent.parent
 T, H, W = 6, 40, 56          # the source; encodes take 4 frames of a 32x48 centre crop
 ENCODE = ["--codec", "hnerv", "--size", "40k", "--epochs", "2", "--device", "cpu"]
-
-
-def run(capsys, *args):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, err) -> str:

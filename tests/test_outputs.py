@@ -15,17 +15,10 @@ from pathlib import Path
 import pytest
 
 from bitstream import atomic
-from cli.main import main
+from tests.cli_helpers import run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NERV = FIXTURES / "nerv.ncb"           # a tiny frozen file: decoding it takes a fraction of a second
-
-
-def run(capsys, *args):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def decode(capsys, output, *extra):

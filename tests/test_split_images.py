@@ -17,7 +17,6 @@ from PIL import Image
 
 from bitstream.container import Reader, Writer
 from bitstream.serial import ByteWriter
-from cli.main import main
 from codec.device import cpu_thread_limit
 from codec.errors import UserError
 from codec.features import collection as C
@@ -26,6 +25,7 @@ from codec.features import train as T
 from codec.features.data import load_dataset, split_holdout
 from codec.features import split as S
 from codec.features.split import SplitServer
+from tests.cli_helpers import assert_one_line_error, run
 
 CPU = torch.device("cpu")
 STUDENT = "digits-student"
@@ -55,20 +55,6 @@ def digits(tmp_path_factory):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="digits")
     return folder, archive, sorted(names)
-
-
-def run(capsys, *args):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, fragment=""):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ncodec: "), err
-    assert fragment in lines[0], lines[0]
 
 
 def test_demo_over_a_folder_and_a_tar_gives_accuracy_bytes_and_latency(capsys, digits):

@@ -9,7 +9,6 @@ from PIL import Image
 import ncodec
 from bitstream.container import Reader, Writer
 from bitstream.errors import BitstreamError
-from cli.main import main
 from codec.api import encode_file
 from codec.device import cpu_thread_limit
 from codec.errors import UserError
@@ -18,6 +17,7 @@ from codec.features.codec import LatentCoder, StudentCodec
 from codec.features.data import load_dataset
 from codec.features.options import StudentDecodeOptions, StudentOptions
 
+from tests.cli_helpers import assert_one_line_error, run
 from tests.students import train_tiny_models
 
 
@@ -45,19 +45,6 @@ def images(tmp_path_factory):
         Image.fromarray(ds.images[i, 0].numpy()).save(folder / f"{i:02d}.png")
         paths.append(folder / f"{i:02d}.png")
     return paths, ds.images[:12]
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, fragment=""):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ncodec: "), err
-    assert fragment in lines[0]
 
 
 def test_latent_round_trip_is_exact_including_out_of_range_values(models):
