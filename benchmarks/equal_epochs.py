@@ -149,7 +149,7 @@ def run_ncodec(task: dict) -> dict:
         decoded = ncodec.decode(str(out))
     return {"psnr-rgb": metrics.psnr(frames, decoded)[0], "psnr-encode": s["psnr"], "psnr-fit": s["psnr_fit"],
             "bpp": s["bpp"], "bytes": s["bytes"], "params": s["params"], "fit-seconds": s["fit_seconds"],
-            "compile-seconds": s["compile_seconds"],
+            "compile-seconds": s["compile_seconds"], "fit-recoveries": s.get("fit_recoveries", 0),
             "s-per-epoch": (s["fit_seconds"] + s["compile_seconds"]) / task["epochs"],
             "gflop-per-epoch": flops_per_epoch(frames, float(task["size"]), recipe) / 1e9}
 

@@ -16,6 +16,7 @@ sets (TF32, cuDNN autotuning, threads) are restored when it ends.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,10 @@ class FitConfig:
     # called at every PSNR read-back and once at the end with {"desc", "step", "total_steps", "epoch", "epochs",
     # "psnr", "elapsed", "steps_per_s", "done"}; total_steps and epochs are None for a run bounded by time alone
     on_progress: Callable[[dict], None] | None = None
+    # an epoch whose MSE is over DIVERGED x the best epoch's is undone: the best epoch's weights and optimizer state
+    # come back and the learning rate halves for the rest of the fit (at most MAX_RECOVERIES times). Off for losses
+    # whose MSE may rise on purpose (NIRVANA's rate term).
+    guard: bool = False
 
 
 @dataclass
@@ -73,6 +78,11 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     stopped_by: str = "epochs"           # "epochs" | "max_time"
     compile_seconds: float = 0.0         # torch.compile's warm-up step, outside `seconds` and the budget
+    recoveries: int = 0                  # epochs undone by FitConfig.guard
+
+
+DIVERGED = 4.0          # 6 dB below the best epoch: a high learning rate's blow-up, not the noise of an epoch
+MAX_RECOVERIES = 4
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -176,7 +186,7 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
 
     ckpt = (Checkpoint(cfg.checkpoint, cfg.fingerprint, every=cfg.checkpoint_every, what="model, clip or options")
             if cfg.checkpoint else None)
-    step, elapsed_before, history = 0, 0.0, []
+    step, elapsed_before, history, lr_scale = 0, 0.0, [], 1.0
     if cfg.resume and ckpt is not None:
         saved = ckpt.load()
         if saved is None:
@@ -189,6 +199,7 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
         opt.load_state_dict(saved.optimizer)
         meta = saved.meta
         step, elapsed_before, history = int(meta["step"]), float(meta["elapsed"]), list(meta.get("history", []))
+        lr_scale = float(meta.get("lr_scale", 1.0))
     first_step = step
 
     run, compile_seconds = model, 0.0
@@ -198,7 +209,7 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
 
     def save(elapsed: float) -> None:
         ckpt.save(model, opt, {"step": step, "epoch": step / steps_per_epoch, "elapsed": elapsed, "seed": cfg.seed,
-                               "history": history})
+                               "history": history, "lr_scale": lr_scale})
 
     def report(psnr: float, steps_per_s: float, done: bool) -> None:
         if cfg.on_progress is not None:
@@ -214,6 +225,8 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
                    bar_format=TIME_BAR if by_time else None)
     start = time.perf_counter()
     mse_acc = torch.zeros((), device=device)
+    epoch_acc = torch.zeros((), device=device)    # the guard's: this epoch's summed MSE
+    best_mse, best_state, recoveries = math.inf, None, 0
     mse_n, psnr, stopped_by = 0, float("nan"), "epochs"
     log_t, log_step = start, step
     order, order_epoch = None, -1
@@ -242,16 +255,32 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
                 order, order_epoch = epoch_order(T, bs, cfg.seed, epoch).to(device), epoch
             idx = order[i]
             p = max(step / total_steps if total_steps else 0.0, e / cfg.max_time if cfg.max_time else 0.0)
-            set_lr(opt, cfg.lr * warmup_cosine(p, 1.0, cfg.warmup))
+            set_lr(opt, cfg.lr * lr_scale * warmup_cosine(p, 1.0, cfg.warmup))
 
             out, target, loss = forward(run, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                mse_acc += F.mse_loss(out.detach(), target)
+                mse = F.mse_loss(out.detach(), target)
+                mse_acc += mse
+                if cfg.guard:
+                    epoch_acc += mse
             mse_n += 1
             step += 1
+            if cfg.guard and step % steps_per_epoch == 0:       # one host sync per epoch
+                m = epoch_acc.item() / steps_per_epoch
+                epoch_acc.zero_()
+                if m <= best_mse:
+                    best_mse = m
+                    best_state = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                                  copy.deepcopy(opt.state_dict()))
+                elif (m > DIVERGED * best_mse or not math.isfinite(m)) and best_state is not None \
+                        and recoveries < MAX_RECOVERIES:
+                    model.load_state_dict(best_state[0])
+                    opt.load_state_dict(copy.deepcopy(best_state[1]))
+                    lr_scale *= 0.5
+                    recoveries += 1
 
             if step % cfg.log_every == 0 or (total_steps is not None and step == total_steps):
                 psnr = psnr_from_mse(mse_acc.item() / mse_n)   # the one host sync per log interval
@@ -299,4 +328,4 @@ def _fit(model: nn.Module, frames: np.ndarray | torch.Tensor, cfg: FitConfig, pa
     model.eval()
     return FitResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, psnr=psnr,
                      device=str(device), history=history, stopped_by=stopped_by,
-                     compile_seconds=compile_seconds)
+                     compile_seconds=compile_seconds, recoveries=recoveries)

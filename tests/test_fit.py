@@ -151,3 +151,38 @@ def test_show_bar_turns_the_local_bar_off(clip, capsys, monkeypatch, show_bar):
     monkeypatch.setenv("NCODEC_PROGRESS", "1")                           # a bar even without a terminal
     fit(tiny_model(), clip, FitConfig(epochs=1, device="cpu", desc="tinyfit", show_bar=show_bar))
     assert ("tinyfit" in capsys.readouterr().err) == show_bar
+
+
+def _blow_up_at(model, step):
+    """on_progress that wrecks the weights once, at `step` (a learning rate's blow-up, made deterministic)."""
+    def hook(info):
+        if info["step"] == step and not info["done"]:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(-20.0)
+    return hook
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_guard_undoes_a_diverged_epoch(clip, guard):
+    model = tiny_model()
+    cfg = FitConfig(epochs=20, batch_size=2, lr=3e-3, device="cpu", log_every=2, guard=guard, show_bar=False)
+    cfg.on_progress = _blow_up_at(model, 20)             # the end of epoch 10 of 20 (2 steps per epoch)
+    res = fit(model, clip, cfg)
+    clean = tiny_model()
+    fit(clean, clip, FitConfig(epochs=20, batch_size=2, lr=3e-3, device="cpu", log_every=2, show_bar=False))
+    if guard:
+        # the wrecked epoch is undone: back to the best weights, then on at half the learning rate
+        assert res.recoveries == 1
+        assert model_psnr(model, clip) > model_psnr(clean, clip) - 3
+    else:
+        assert res.recoveries == 0
+        assert model_psnr(model, clip) < model_psnr(clean, clip) - 3
+
+
+def test_the_guard_changes_nothing_when_nothing_diverges(clip):
+    a, b = tiny_model(), tiny_model()
+    ra = fit(a, clip, FitConfig(epochs=6, batch_size=2, lr=3e-3, device="cpu", show_bar=False))
+    rb = fit(b, clip, FitConfig(epochs=6, batch_size=2, lr=3e-3, device="cpu", show_bar=False, guard=True))
+    assert rb.recoveries == 0 and ra.psnr == rb.psnr
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -384,7 +384,7 @@ class INRVideoCodec(VideoCodec):
                          warmup=recipe.warmup, loss=recipe.loss, device=device, seed=seed, checkpoint=job.checkpoint,
                          checkpoint_every=job.checkpoint_every,
                          resume=options.resume, fingerprint=fingerprint, desc=f"{self.name} fit", accel=fit_accel,
-                         on_progress=job.on_progress, show_bar=job.show_bar)
+                         on_progress=job.on_progress, show_bar=job.show_bar, guard=True)
         result = fit(model, data, fcfg)
         fit_seconds = result.seconds
 
@@ -438,7 +438,7 @@ class INRVideoCodec(VideoCodec):
             "psnr_fit": result.psnr,
             "fit_seconds": round(fit_seconds, 2), "compile_seconds": round(result.compile_seconds, 2),
             "epochs": round(result.epochs, 2), "steps": result.steps,
-            "stopped_by": result.stopped_by,
+            "stopped_by": result.stopped_by, "fit_recoveries": result.recoveries,
             "device": device_name(device), "params": fam.stored_count(cfg), "recipe": recipe_name,
             "lr": lr, "batch_size": batch_size,
             "frames": T, "height": H, "width": Wd,
