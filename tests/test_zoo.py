@@ -18,6 +18,7 @@ from codec.features import model_file as features_file
 from codec.features import train as T
 from codec.features.data import load_dataset, split_holdout
 from codec.lossless.pc import model_file as pc_file
+from codec.lossless.pc import packed
 from codec.zoo import convert
 
 CPU = torch.device("cpu")
@@ -158,9 +159,9 @@ def test_a_shipped_pc_model_codes_by_name_bit_exactly(name, tmp_path):
     assert np.array_equal(ncodec.decode(tmp_path / "x.ncb", model=zoo.resolve_model(name), device="cpu"), images)
 
 
-def test_pc_by_zoo_name_with_a_float16_model(tmp_path, monkeypatch):
+def test_pc_by_zoo_name_with_a_packed_model(tmp_path, monkeypatch):
     """A tiny pc model converted as the zoo converts them, registered in a temporary zoo: a name works for encode
-    and decode, and the half-precision file still codes bit-exactly."""
+    and decode, and the packed (8-bit) file still codes bit-exactly."""
     rng = np.random.default_rng(1)
     d, m = 16, 3
     probs = lambda *shape: (lambda p: p / p.sum(-1, keepdims=True))(rng.random(shape) + 0.05).astype(np.float32)
@@ -174,8 +175,9 @@ def test_pc_by_zoo_name_with_a_float16_model(tmp_path, monkeypatch):
     (folder / zoo.REGISTRY).write_text(json.dumps(registry))
     monkeypatch.setattr(zoo, "FOLDER", folder)
     loaded = pc_file.load_model("tiny-pc")
-    assert loaded.meta["float16_of"] == pc_file.load_model(tmp_path / "tiny32.pcm").sha256
-    assert np.array_equal(loaded.leaf, tiny.leaf.astype(np.float16).astype(np.float32))
+    assert loaded.meta["packed_from"] == pc_file.load_model(tmp_path / "tiny32.pcm").sha256
+    assert np.array_equal(loaded.leaf, packed.codebook()[packed.codes(tiny.leaf)])
+    assert np.allclose(loaded.leaf, tiny.leaf, rtol=0.03, atol=0)
     images = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)
     s = ncodec.encode(images, tmp_path / "t.ncb", codec="pc", model="tiny-pc", device="cpu")
     assert s["model_sha256"] == registry["models"][0]["sha256"]

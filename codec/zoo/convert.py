@@ -1,36 +1,26 @@
-"""A model file as the zoo ships it: its floating-point tensors in float16, everything else as it was.
+"""A model file as the zoo ships it: small, and still coded exactly.
 
     python -m codec.zoo.convert SRC DST        # a .pcm (pc) or a teacher/student .safetensors
 
-pc: the root, edge and leaf probabilities become float16. The coder turns whatever probabilities a file holds into
-integer tables with exact arithmetic (coding.quantize_params), so the half-precision model is still coded
-bit-exactly: it is a slightly different model, whose bits/dim is measured again. Teacher and student: the weights
+pc: the edge and leaf probabilities become 8-bit log-domain codes, xz-compressed (codec/lossless/pc/packed.py;
+~2.4 bits per entry, a sixth of float16). The coder turns whatever probabilities a file holds into integer tables
+with exact arithmetic (coding.quantize_params), so the packed model is still coded bit-exactly: it is a slightly
+different model, whose bits/dim is measured again. Teacher and student: the weights
 become float16 (loading casts them back to float32); the student's integer tensors (CDF tables, context-prior
 counts) are not touched, so a student's id changes but its coding stays exact. Prints the new file's size and sha256.
 """
 from __future__ import annotations
 
-import json
 import sys
-
-import numpy as np
 
 
 def convert_pc(src: str, dst: str) -> None:
-    from safetensors.numpy import save
-
     from bitstream.atomic import write_atomic
     from codec.lossless.pc import model_file
 
-    with open(src, "rb") as f:
-        data = f.read()
-    m = model_file.from_bytes(data, what=src)                           # validates the source
-    header_len = int.from_bytes(data[:8], "little")
-    meta = dict(json.loads(data[8:8 + header_len])["__metadata__"])
-    meta["info"] = json.dumps({**m.meta, "float16_of": m.sha256}, sort_keys=True)
-    tensors = {"parent": np.ascontiguousarray(m.parent, dtype=np.int64),
-               **{k: np.ascontiguousarray(getattr(m, k), dtype=np.float16) for k in ("root", "edge", "leaf")}}
-    write_atomic(dst, save(tensors, metadata=meta))
+    m = model_file.load_model(src)
+    m.meta = {**m.meta, "packed_from": m.sha256}
+    write_atomic(dst, model_file.to_bytes(m, packed_tables=True))
     model_file.load_model(dst)                                          # the result loads
 
 

@@ -4,7 +4,8 @@ bytes; the .ncb files coded with it carry that hash.
 
 Probabilities are stored as float32 probabilities (not logs): the coder turns them into integers with
 exact arithmetic only (see coding.quantize_params), so no transcendental function that could differ between
-machines sits between the file and the coded bits.
+machines sits between the file and the coded bits. Version 2 files (the zoo's, `to_bytes(packed=True)`) hold the
+edge and leaf tables as 8-bit codes, xz-compressed, with their codebook (packed.py): a table lookup on load.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ import torch
 
 from bitstream.atomic import write_atomic
 from codec.errors import UserError
-from codec.lossless.pc import hclt
+from codec.lossless.pc import hclt, packed
 from codec.lossless.pc.circuit import HCLT
 
 FORMAT = "ncodec-pc-hclt"
-VERSION = 1
+VERSION = 1                  # float tables (float32; the first zoo files float16)
+PACKED_VERSION = 2           # edge and leaf as packed codes (`{name}_xz`, `{name}_codebook`)
+PACKED = ("edge", "leaf")
+MAX_TABLE_VALUES = 2**30     # what a 4 GiB float32 file could hold: packed tables may not claim more
 MAX_FILE_BYTES = 2**32
 MAX_LATENTS = 4096
 MAX_VARS = 2**20
@@ -75,15 +79,22 @@ def from_circuit(model: HCLT, height: int, width: int, channels: int, meta: dict
                    meta=dict(meta or {}))
 
 
-def to_bytes(m: PCModel) -> bytes:
+def to_bytes(m: PCModel, packed_tables: bool = False) -> bytes:
+    """The file's bytes; `packed_tables`: edge and leaf as 8-bit codes (version 2, a slightly different model whose
+    bits are measured again)."""
     from safetensors.numpy import save
 
-    meta = {"format": FORMAT, "version": str(VERSION), "height": str(m.height), "width": str(m.width),
-            "channels": str(m.channels), "latents": str(m.latents), "info": json.dumps(m.meta, sort_keys=True)}
+    meta = {"format": FORMAT, "version": str(PACKED_VERSION if packed_tables else VERSION),
+            "height": str(m.height), "width": str(m.width), "channels": str(m.channels), "latents": str(m.latents),
+            "info": json.dumps(m.meta, sort_keys=True)}
     tensors = {"parent": np.ascontiguousarray(m.parent, dtype=np.int64),
-               "root": np.ascontiguousarray(m.root, dtype=np.float32),
-               "edge": np.ascontiguousarray(m.edge, dtype=np.float32),
-               "leaf": np.ascontiguousarray(m.leaf, dtype=np.float32)}
+               "root": np.ascontiguousarray(m.root, dtype=np.float32)}
+    for name in PACKED:
+        if packed_tables:
+            tensors[f"{name}_xz"] = np.frombuffer(packed.pack(getattr(m, name)), dtype=np.uint8)
+            tensors[f"{name}_codebook"] = packed.codebook()
+        else:
+            tensors[name] = np.ascontiguousarray(getattr(m, name), dtype=np.float32)
     return save(tensors, metadata=meta)
 
 
@@ -109,17 +120,19 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
         raise UserError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{bad} (format tag {meta.get('format')!r})")
-    if meta.get("version") != str(VERSION):
+    if meta.get("version") not in (str(VERSION), str(PACKED_VERSION)):
         raise UserError(f"{what}: pc model version {meta.get('version')!r} is not supported "
-                        f"(this build reads {VERSION})")
+                        f"(this build reads {VERSION} and {PACKED_VERSION})")
     try:
         h, w, c = (int(meta[k]) for k in ("height", "width", "channels"))
         info = json.loads(meta.get("info", "{}"))
     except (KeyError, ValueError, TypeError, RecursionError):
         raise UserError(f"{bad} (metadata incomplete)") from None
-    for name in ("root", "edge", "leaf"):     # the zoo stores probabilities in half precision (codec/zoo/convert.py)
+    for name in ("root", "edge", "leaf"):     # the first zoo files stored probabilities in half precision
         if name in tensors and tensors[name].dtype == np.float16:
             tensors[name] = tensors[name].astype(np.float32)
+    if meta.get("version") == str(PACKED_VERSION):
+        _unpack_tables(tensors, what)
     need = {"parent": np.int64, "root": np.float32, "edge": np.float32, "leaf": np.float32}
     for name, dt in need.items():
         if name not in tensors or tensors[name].dtype != dt:
@@ -137,6 +150,21 @@ def from_bytes(data: bytes, what: str = "model") -> PCModel:
             raise UserError(f"{bad} (tensor {name!r} holds values that are not probabilities)")
     hclt.check_tree(parent)
     return PCModel(parent, root, edge, leaf, h, w, c, hashlib.sha256(bytes(data)).hexdigest(), info)
+
+
+def _unpack_tables(tensors: dict[str, np.ndarray], what: str) -> None:
+    """Version 2: edge and leaf from their codes, at the shapes the tree and the root give (bounded first)."""
+    parent, root = tensors.get("parent"), tensors.get("root")
+    if parent is None or root is None or parent.ndim != 1 or root.ndim != 1:
+        raise UserError(f"{what} is not an ncodec pc model file (tensor 'parent' or 'root' missing)")
+    d, m = parent.shape[0], root.shape[0]
+    if not (1 <= d <= MAX_VARS and 1 <= m <= MAX_LATENTS and d * m * (m + 256) <= MAX_TABLE_VALUES):
+        raise UserError(f"{what} is not an ncodec pc model file ({d} variables x {m} latents is too large)")
+    for name, shape in (("edge", (d, m, m)), ("leaf", (d, m, 256))):
+        blob, table = tensors.get(f"{name}_xz"), tensors.get(f"{name}_codebook")
+        if blob is None or table is None or blob.dtype != np.uint8 or blob.ndim != 1:
+            raise UserError(f"{what} is not an ncodec pc model file (packed tensor {name!r} missing)")
+        tensors[name] = packed.unpack(blob.tobytes(), table, shape, f"{what}, tensor {name!r}")
 
 
 def load_model(path: str | os.PathLike) -> PCModel:
@@ -182,14 +210,18 @@ def peek(path: str | os.PathLike) -> ModelShape:
     try:
         with safe_open(os.fspath(path), framework="np") as f:
             meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in ("parent", "root", "edge", "leaf")}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in ("parent", "root")}
             d = shapes["parent"][0] if len(shapes["parent"]) == 1 else 0
+            m = shapes["root"][0] if len(shapes["root"]) == 1 else 0
+            if meta.get("version") == str(PACKED_VERSION):      # the tables' shapes are the ones unpacking makes
+                shapes.update(edge=(d, m, m), leaf=(d, m, 256))
+            else:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in ("edge", "leaf")})
             parent = f.get_tensor("parent") if 1 <= d <= MAX_VARS else None
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{bad} (format tag {meta.get('format')!r})")
-    m = shapes["root"][0] if len(shapes["root"]) == 1 else 0
     if not (parent is not None and parent.dtype == np.int64 and 1 <= m <= MAX_LATENTS
             and shapes["edge"] == (d, m, m) and shapes["leaf"] == (d, m, 256)):
         raise UserError(f"{bad} (tensor shapes do not fit together)")
