@@ -100,7 +100,7 @@ class Codec:
         self.check(reader)
         bounds = self.check_bounds(reader, options)
         decoded = self.load(reader, options)
-        with contextlib.suppress(AttributeError):      # what `array` adds its output to (VideoCodec.array)
+        if isinstance(decoded, DecodedVideo):          # what `array` adds its output to (VideoCodec.array)
             decoded.decode_bounds = bounds
         return decoded
 
@@ -264,6 +264,7 @@ class DecodedVideo:
     fps: Fraction
     device: "torch.device"
     chroma: str | None = None      # the source's chroma subsampling as the header records it (VideoCodec.open)
+    decode_bounds: "Bounds | None" = None   # the file's bounds (Codec.open), checked with the frames `array` keeps
 
 
 def video_header(width: int, height: int, frames: int, fps: Fraction, clips: Any = None,
