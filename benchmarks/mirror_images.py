@@ -33,12 +33,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     images = read_images(args.src)
     out = mirrored(images.pixels, args.seed)
-    if images.squeeze:
-        out = out[..., 0]
+    changed = int((out != images.pixels).any(axis=(1, 2, 3)).sum())    # a symmetric image is the same mirrored
     buf = io.BytesIO()
-    np.save(buf, out)
+    np.save(buf, out[..., 0] if images.squeeze else out)
     write_atomic(args.dst, buf.getvalue())
-    print(f"{args.dst}: {len(out)} images, {int((out != images.pixels.reshape(out.shape)).any(axis=tuple(range(1, out.ndim))).sum())} changed by mirroring")
+    print(f"{args.dst}: {len(out)} images, {changed} changed by mirroring")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ bytes; the .ncb files coded with it carry that hash.
 
 Probabilities are stored as float32 probabilities (not logs): the coder turns them into integers with
 exact arithmetic only (see coding.quantize_params), so no transcendental function that could differ between
-machines sits between the file and the coded bits. Version 2 files (the zoo's, `to_bytes(packed=True)`) hold the
+machines sits between the file and the coded bits. Version 2 files (the zoo's, `to_bytes(packed_tables=True)`) hold the
 edge and leaf tables as 8-bit codes, xz-compressed, with their codebook (packed.py): a table lookup on load.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from codec.lossless.pc.circuit import HCLT
 FORMAT = "ncodec-pc-hclt"
 VERSION = 1                  # float tables (float32; the first zoo files float16)
 PACKED_VERSION = 2           # edge and leaf as packed codes (`{name}_xz`, `{name}_codebook`)
-PACKED = ("edge", "leaf")
+PACKED_TABLES = ("edge", "leaf")
 MAX_TABLE_VALUES = 2**30     # what a 4 GiB float32 file could hold: packed tables may not claim more
 MAX_FILE_BYTES = 2**32
 MAX_LATENTS = 4096
@@ -89,7 +89,7 @@ def to_bytes(m: PCModel, packed_tables: bool = False) -> bytes:
             "info": json.dumps(m.meta, sort_keys=True)}
     tensors = {"parent": np.ascontiguousarray(m.parent, dtype=np.int64),
                "root": np.ascontiguousarray(m.root, dtype=np.float32)}
-    for name in PACKED:
+    for name in PACKED_TABLES:
         if packed_tables:
             tensors[f"{name}_xz"] = np.frombuffer(packed.pack(getattr(m, name)), dtype=np.uint8)
             tensors[f"{name}_codebook"] = packed.codebook()
