@@ -21,9 +21,6 @@ from codec.errors import UnverifiedOutputWarning, UserError
 
 EXIT_USAGE = 2
 
-# compressai scripts a few functions at import time; torch now warns about that on every run. Not ours to fix.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # options the CLI adds to every codec's own (codec/options.py builds those)
