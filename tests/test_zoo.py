@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import ncodec
@@ -16,6 +17,7 @@ from codec.device import cpu_thread_limit
 from codec.errors import UserError
 from codec.features import model_file as features_file
 from codec.features import train as T
+from codec.features.codec import classify_symbols, encode_images, open_student
 from codec.features.data import load_dataset, split_holdout
 from codec.lossless.pc import model_file as pc_file
 from codec.lossless.pc import packed
@@ -157,6 +159,23 @@ def test_a_shipped_pc_model_codes_by_name_bit_exactly(name, tmp_path):
     ncodec.encode(images, tmp_path / "x.ncb", codec="pc", model=name, device="cpu")
     assert np.array_equal(ncodec.decode(tmp_path / "x.ncb", model=name, device="cpu"), images)
     assert np.array_equal(ncodec.decode(tmp_path / "x.ncb", model=zoo.resolve_model(name), device="cpu"), images)
+
+
+@pytest.mark.parametrize("name", [m["name"] for m in MODELS if m["kind"] == "student"])
+def test_a_shipped_student_codes_by_name_exactly(name, tmp_path):
+    """Any images of the student's size (smooth random ones here): the file decodes to exactly the classes its
+    server half gives the encoder's symbols."""
+    student, _, dev = open_student(zoo.resolve_model(name), "cpu")
+    c, h, w = student.image_shape
+    rng = np.random.default_rng(2)
+    coarse = torch.from_numpy(rng.random((6, c, h // 4, w // 4), dtype=np.float32))
+    images = (F.interpolate(coarse, size=(h, w), mode="bilinear") * 255).round().to(torch.uint8)
+    summary = ncodec.encode(images.permute(0, 2, 3, 1).numpy().squeeze(-1) if c == 1 else
+                            images.permute(0, 2, 3, 1).numpy(), tmp_path / "s.ncb", codec="student", model=name,
+                            device="cpu")
+    expected = classify_symbols(student, encode_images(student, images, dev), dev)
+    assert np.array_equal(ncodec.decode(tmp_path / "s.ncb", model=name, device="cpu"), expected)
+    assert 0 < summary["bytes"] < 6 * c * h * w
 
 
 def test_pc_by_zoo_name_with_a_packed_model(tmp_path, monkeypatch):
