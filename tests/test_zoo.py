@@ -170,8 +170,8 @@ def test_a_shipped_student_codes_by_name_exactly(name, tmp_path):
     rng = np.random.default_rng(2)
     coarse = torch.from_numpy(rng.random((6, c, h // 4, w // 4), dtype=np.float32))
     images = (F.interpolate(coarse, size=(h, w), mode="bilinear") * 255).round().to(torch.uint8)
-    summary = ncodec.encode(images.permute(0, 2, 3, 1).numpy().squeeze(-1) if c == 1 else
-                            images.permute(0, 2, 3, 1).numpy(), tmp_path / "s.ncb", codec="student", model=name,
+    array = images.permute(0, 2, 3, 1).numpy()                     # [N, H, W, C]; grey images as [N, H, W]
+    summary = ncodec.encode(array[..., 0] if c == 1 else array, tmp_path / "s.ncb", codec="student", model=name,
                             device="cpu")
     expected = classify_symbols(student, encode_images(student, images, dev), dev)
     assert np.array_equal(ncodec.decode(tmp_path / "s.ncb", model=name, device="cpu"), expected)
